@@ -1,0 +1,140 @@
+"""Subcommands for people: ``qqfilter test`` and ``qqfilter config``."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from qqfilter import __version__, dryrun
+from qqfilter.message import Connection
+from qqfilter.settings import SETTINGS, Settings, load
+
+USAGE_ERROR = 2
+
+
+def dispatch(args: list[str]) -> int:
+    """Parse ``args`` and run the subcommand they name."""
+    parser = argparse.ArgumentParser(
+        prog="qqfilter",
+        description="Content filter for qmail. Run with no arguments as QMAILQUEUE.",
+    )
+    parser.add_argument("--version", action="version", version=f"qqfilter {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    test = sub.add_parser("test", help="show what the filter would do to one message")
+    test.add_argument("message", type=Path, help="the message file")
+    test.add_argument(
+        "--from", dest="sender", metavar="ADDRESS", help="envelope sender (empty for a bounce)"
+    )
+    test.add_argument(
+        "--to",
+        dest="recipients",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help="envelope recipient (repeat for more)",
+    )
+    test.add_argument(
+        "--envelope",
+        type=Path,
+        metavar="FILE",
+        help="an envelope file, as qmail writes it (default: MESSAGE's .env file)",
+    )
+    test.add_argument("--ip", help="the client address (TCPREMOTEIP)")
+    test.add_argument("--helo", help="the HELO name the client gave")
+    test.add_argument(
+        "--relayclient",
+        action="store_true",
+        help="as if RELAYCLIENT were set (authenticated or trusted client)",
+    )
+    test.set_defaults(run=_test)
+
+    config = sub.add_parser("config", help="print the effective settings and where they come from")
+    config.set_defaults(run=_config)
+
+    options = parser.parse_args(args)
+    return options.run(options)
+
+
+def _test(options: argparse.Namespace) -> int:
+    environ = dict(os.environ)
+    settings, errors = load(environ)
+    if errors:
+        for error in errors:
+            print(f"qqfilter: {error}", file=sys.stderr)
+        print("exit code: 55 (invalid settings)")
+        return 1
+    try:
+        raw_envelope = _envelope(options)
+        fd = os.open(options.message, os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, ValueError) as exc:
+        print(f"qqfilter: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    connection = Connection.from_environ(environ)
+    if options.ip:
+        connection.remote_ip = options.ip
+    if options.helo:
+        connection.helo = options.helo
+    if options.relayclient:
+        connection.relayclient = True
+    try:
+        result = dryrun.run(fd, raw_envelope, connection, settings)
+    finally:
+        os.close(fd)
+    _show(result, settings)
+    return 0
+
+
+def _envelope(options: argparse.Namespace) -> bytes:
+    """The raw envelope from --envelope, from --from/--to, or from MESSAGE's .env file."""
+    if options.envelope:
+        return options.envelope.read_bytes()
+    if options.sender is not None or options.recipients:
+        sender = (options.sender or "").encode("utf-8", "surrogateescape")
+        recipients = [r.encode("utf-8", "surrogateescape") for r in options.recipients]
+        return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
+    beside = options.message.with_suffix(".env")
+    if beside.is_file():
+        return beside.read_bytes()
+    raise ValueError(f"no envelope for {options.message}: give --to, or --envelope, or {beside}")
+
+
+def _show(result: dryrun.Result, settings: Settings) -> None:
+    verdict = result.verdict
+    lines = []
+    if verdict is None:
+        lines.append(("verdict", f"error: {result.error}"))
+    else:
+        explained = f" by {verdict.check}: {verdict.reason}" if verdict.check else ""
+        lines.append(("verdict", verdict.action + explained))
+        if verdict.tag:
+            lines.append(("tag", verdict.tag))
+    handed = (
+        f" (handed to {settings.qmailqueue})"
+        if result.code == 0 and verdict and verdict.action == "accept"
+        else ""
+    )
+    lines.append(("exit code", f"{result.code}{handed}"))
+    lines.append(("reply", result.reply))
+    if verdict is not None and verdict.action == "accept":
+        headers = result.headers.decode("ascii").rstrip("\n").replace("\n", "\n" + " " * 11)
+        lines.append(("headers", headers or "(none added)"))
+    for label, value in lines:
+        print(f"{label + ':':<11}{value}")
+
+
+def _config(options: argparse.Namespace) -> int:
+    settings, errors = load(dict(os.environ))
+    for setting in SETTINGS:
+        value = _display(getattr(settings, setting.name))
+        source = settings.sources[setting.name]
+        print(f"{setting.name:<11} = {value:<30} # {setting.env}, from {source}")
+    for error in errors:
+        print(f"qqfilter: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def _display(value: object) -> str:
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value)) or "(none)"
+    return str(value)

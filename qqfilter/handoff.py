@@ -1,0 +1,69 @@
+"""Handing an accepted message to the next queue program, as qmail-queue expects it.
+
+The next program replaces this process (``exec``), so its exit status reaches qmail-smtpd
+unchanged: no window where we report success for a message it failed to queue.
+"""
+
+import os
+import signal
+
+from qqfilter.exitcodes import TEMPFAILED, WRITE_ERROR, QueueError
+from qqfilter.spool import Spool, anonymous_file, write_all
+
+
+def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
+    """A descriptor, at offset 0, holding ``headers`` followed by the spooled bytes unchanged.
+
+    Without headers it is the spool itself; with them, a second anonymous file that the kernel
+    fills from the first (no copy through Python). Failures are 53, before anything is handed on.
+    """
+    if not headers:
+        return spool.fd
+    fd = anonymous_file(directory)
+    try:
+        write_all(fd, headers, directory)
+        _copy(spool, fd, directory)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _copy(spool: Spool, fd: int, directory: str) -> None:
+    offset = 0
+    while offset < spool.size:
+        try:
+            sent = os.sendfile(fd, spool.fd, offset, spool.size - offset)
+        except OSError as exc:
+            raise QueueError(
+                WRITE_ERROR, f"spool: cannot write in {directory}: {exc.strerror}"
+            ) from None
+        if sent == 0:
+            raise QueueError(WRITE_ERROR, f"spool: the file in {directory} shrank while copied")
+        offset += sent
+
+
+def envelope_fd(raw: bytes) -> int:
+    """A descriptor, at offset 0, holding the envelope bytes (in memory: never blocks)."""
+    fd = os.memfd_create("qqfilter-envelope", os.MFD_CLOEXEC)
+    os.write(fd, raw)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def execute(program: str, message: int, envelope: int) -> None:
+    """Become ``program`` with fd 0 = ``message`` and fd 1 = ``envelope``; never returns.
+
+    Descriptors this process opened are close-on-exec, so only 0, 1, 2 and whatever our own
+    caller passed down survive. Signal dispositions Python changed are put back first. A program
+    that cannot be executed is 71.
+    """
+    os.dup2(message, 0)
+    os.dup2(envelope, 1)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    try:
+        os.execv(program, [program])
+    except OSError as exc:
+        raise QueueError(TEMPFAILED, f"qmail-queue: cannot run {program}: {exc.strerror}") from None

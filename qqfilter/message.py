@@ -1,0 +1,54 @@
+"""What the checks look at: the spooled message, its envelope, and the SMTP connection."""
+
+from qqfilter.envelope import Envelope
+from qqfilter.spool import Spool
+
+
+class Connection:
+    """Facts about the SMTP client that tcpserver and qmail-smtpd put in the environment.
+
+    ``remote_ip`` is None for mail injected locally (no TCPREMOTEIP); ``relayclient`` is true
+    when RELAYCLIENT is set at all, even to the empty string, as in qmail-smtpd.
+    """
+
+    __slots__ = ("helo", "local_host", "relayclient", "remote_host", "remote_ip")
+
+    def __init__(
+        self,
+        remote_ip: str | None = None,
+        remote_host: str | None = None,
+        local_host: str | None = None,
+        relayclient: bool = False,
+        helo: str | None = None,
+    ) -> None:
+        self.remote_ip = remote_ip
+        self.remote_host = remote_host
+        self.local_host = local_host
+        self.relayclient = relayclient
+        self.helo = helo
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str]) -> "Connection":
+        """The connection as tcpserver describes it."""
+        return cls(
+            remote_ip=environ.get("TCPREMOTEIP") or None,
+            remote_host=environ.get("TCPREMOTEHOST") or None,
+            local_host=environ.get("TCPLOCALHOST") or None,
+            relayclient="RELAYCLIENT" in environ,
+        )
+
+
+class Message:
+    """One message under inspection. Checks read it; none of them changes it."""
+
+    __slots__ = ("connection", "envelope", "spool")
+
+    def __init__(self, spool: Spool, envelope: Envelope, connection: Connection) -> None:
+        self.spool = spool
+        self.envelope = envelope
+        self.connection = connection
+
+    @property
+    def size(self) -> int:
+        """Size in bytes, as received."""
+        return self.spool.size

@@ -1,0 +1,107 @@
+"""The message on disk: descriptor 0 copied into a file that has no name.
+
+The file is opened with O_TMPFILE (or, where the filesystem lacks it, created and unlinked at
+once), so it vanishes with the last descriptor, whatever kills the process. Memory stays at one
+buffer whatever the message size.
+"""
+
+import errno
+import os
+
+from qqfilter.exitcodes import READ_ERROR, WRITE_ERROR, QueueError
+
+BUFFER = 262144
+
+
+def anonymous_file(directory: str) -> int:
+    """A read-write descriptor, mode 0600, on a new file in ``directory`` that has no name.
+
+    Raises QueueError 53 when the directory cannot hold one.
+    """
+    flags = os.O_RDWR | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(directory, flags | os.O_TMPFILE, 0o600)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+        path = os.path.join(directory, f".qqfilter-{os.getpid()}-{os.urandom(8).hex()}")
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        os.unlink(path)
+        return fd
+    except OSError as exc:
+        raise QueueError(
+            WRITE_ERROR, f"spool: cannot create a file in {directory}: {_why(exc)}"
+        ) from None
+
+
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
+"""What open(O_TMPFILE) fails with where the filesystem or kernel lacks it."""
+
+
+class Spool:
+    """A message held in an anonymous file: its descriptor, its size, and ways to read it."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+
+    @classmethod
+    def receive(cls, source: int, directory: str) -> "Spool":
+        """Copy everything readable from descriptor ``source`` into a new spool file.
+
+        A read error is 54, a write error (disk full, file size limit) 53; either way the
+        partial file is closed, and so gone.
+        """
+        fd = anonymous_file(directory)
+        size = 0
+        try:
+            while True:
+                try:
+                    chunk = os.read(source, BUFFER)
+                except OSError as exc:
+                    raise QueueError(
+                        READ_ERROR, f"message: cannot read fd {source}: {_why(exc)}"
+                    ) from None
+                if not chunk:
+                    break
+                write_all(fd, chunk, directory)
+                size += len(chunk)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, size)
+
+    def read_at(self, offset: int, count: int) -> bytes:
+        """Up to ``count`` bytes from ``offset``."""
+        return os.pread(self.fd, count, offset)
+
+    def head(self, count: int = 65536) -> bytes:
+        """The first ``count`` bytes: enough for the header of any sane message."""
+        return self.read_at(0, count)
+
+    def chunks(self, size: int = BUFFER):
+        """The whole message, in order, ``size`` bytes at a time."""
+        for offset in range(0, self.size, size):
+            yield self.read_at(offset, size)
+
+    def close(self) -> None:
+        """Release the file; the kernel frees it with its last descriptor."""
+        os.close(self.fd)
+
+
+def write_all(fd: int, data: bytes, directory: str) -> None:
+    """Write all of ``data`` to ``fd``; a failure is 53, naming ``directory``."""
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except OSError as exc:
+            reason = f"spool: cannot write in {directory}: {_why(exc)}"
+            raise QueueError(WRITE_ERROR, reason) from None
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or str(exc)
