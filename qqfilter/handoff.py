@@ -18,6 +18,7 @@ def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
     fills from the first (no copy through Python). Failures are 53, before anything is handed on.
     """
     if not headers:
+        os.lseek(spool.fd, 0, os.SEEK_SET)
         return spool.fd
     fd = anonymous_file(directory)
     try:

@@ -1,0 +1,168 @@
+"""Shared harness: run the real ``qqfilter`` command the way qmail-smtpd does.
+
+qmail-smtpd gives its queue program a pipe on fd 0 (the message) and a pipe on fd 1 (the
+envelope), writes the message, then the envelope, and waits for the exit status. ``Submit``
+does the same, with the stand-in qmail-queue (tests/fake_qmail_queue.py) as the next program.
+"""
+
+import contextlib
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+FIXTURES = ROOT / "fixtures"
+QQFILTER = str(Path(sys.executable).with_name("qqfilter"))
+
+
+def envelope(sender: bytes, *recipients: bytes) -> bytes:
+    """An envelope exactly as qmail writes it."""
+    return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
+
+
+class Outcome:
+    """What one run of qqfilter did: exit status, log lines, what the stand-in received."""
+
+    def __init__(self, returncode: int, stderr: bytes, record: Path, peak_kib: int = 0) -> None:
+        self.returncode = returncode
+        self.stderr = stderr.decode("utf-8", "replace")
+        self.record = record
+        self.peak_kib = peak_kib
+
+    @property
+    def lines(self) -> list[str]:
+        return self.stderr.splitlines()
+
+    @property
+    def queued(self) -> bool:
+        """Did the stand-in qmail-queue run?"""
+        return (self.record / "message").exists()
+
+    @property
+    def message(self) -> bytes:
+        return (self.record / "message").read_bytes()
+
+    @property
+    def envelope(self) -> bytes:
+        return (self.record / "envelope").read_bytes()
+
+    @property
+    def fds(self) -> list[int]:
+        return [int(fd) for fd in (self.record / "fds").read_text().split()]
+
+    def field(self, key: str) -> str | None:
+        """The value of ``key`` in the (single) text log line, unquoted."""
+        import shlex
+
+        (line,) = self.lines
+        for part in shlex.split(line)[1:]:
+            name, _, value = part.partition("=")
+            if name == key:
+                return value
+        return None
+
+
+class Harness:
+    """One test's world: a spool directory, a stand-in qmail-queue and its record directory."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.spool = tmp / "spool"
+        self.spool.mkdir()
+        self.record = tmp / "record"
+        self.record.mkdir()
+        self.queue = tmp / "qmail-queue"
+        source = (HERE / "fake_qmail_queue.py").read_text().split("\n", 1)[1]
+        self.queue.write_text(f"#!{sys.executable}\n{source}")
+        self.queue.chmod(0o755)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "QQF_CONFIG": "",
+            "QQF_SPOOLDIR": str(self.spool),
+            "QQF_QMAILQUEUE": str(self.queue),
+            "QQF_QMAILHOME": str(tmp / "qmail"),
+            "FAKEQQ_DIR": str(self.record),
+            "TCPREMOTEIP": "192.0.2.1",
+        }
+        # the default config path may exist on a developer's machine: point at an empty one
+        empty = tmp / "empty.toml"
+        empty.write_text("")
+        self.env["QQF_CONFIG"] = str(empty)
+
+    def submit(
+        self,
+        message: bytes,
+        env_bytes: bytes,
+        *,
+        env: dict[str, str] | None = None,
+        pass_fds: tuple[int, ...] = (),
+        preexec_fn=None,
+        measure: bool = False,
+        timeout: float = 60,
+    ) -> Outcome:
+        """Pipe ``message`` and ``env_bytes`` into qqfilter as qmail-smtpd does; wait.
+
+        ``measure`` records the peak RSS of qqfilter and of the stand-in it became.
+        """
+        environ = {**self.env, **(env or {})}
+        command = [QQFILTER]
+        peak_file = self.tmp / "peak-rss"
+        if measure:
+            command = [sys.executable, str(HERE / "peak_rss.py"), QQFILTER]
+            environ["PEAK_RSS_FILE"] = str(peak_file)
+        env_read, env_write = os.pipe()
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            bufsize=0,
+            stdout=env_read,
+            stderr=subprocess.PIPE,
+            env=environ,
+            pass_fds=pass_fds,
+            preexec_fn=preexec_fn,
+        )
+        os.close(env_read)
+
+        def feed() -> None:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.write(message)
+            proc.stdin.close()
+            with open(env_write, "wb", buffering=0) as out, contextlib.suppress(BrokenPipeError):
+                out.write(env_bytes)
+
+        writer = threading.Thread(target=feed, daemon=True)
+        writer.start()
+        stderr = proc.stderr.read()
+        proc.wait(timeout)
+        writer.join(timeout)
+        proc.stderr.close()
+        peak = int(peak_file.read_text()) if measure else 0
+        return Outcome(proc.returncode, stderr, self.record, peak)
+
+    def submit_files(self, message: Path, env_file: Path, env: dict[str, str] | None = None):
+        """Canned files as fd 0 and fd 1: ``qqfilter <message 1<envelope``."""
+        with open(message, "rb") as msg, open(env_file, "rb") as envf:
+            proc = subprocess.run(
+                [QQFILTER],
+                stdin=msg,
+                stdout=envf,
+                stderr=subprocess.PIPE,
+                env={**self.env, **(env or {})},
+                timeout=60,
+            )
+        return Outcome(proc.returncode, proc.stderr, self.record)
+
+    def spool_is_empty(self) -> bool:
+        return not any(self.spool.iterdir())
+
+
+@pytest.fixture
+def qq(tmp_path: Path) -> Harness:
+    harness = Harness(tmp_path)
+    yield harness
+    assert harness.spool_is_empty(), "a file was left in the spool directory"
