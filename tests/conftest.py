@@ -67,6 +67,14 @@ class Outcome:
         return None
 
 
+def assert_clean_failure(out: Outcome, code: int) -> None:
+    """Refused with ``code``: one log line, no traceback, nothing handed to qmail-queue."""
+    assert out.returncode == code, out.stderr
+    assert "Traceback" not in out.stderr
+    assert len(out.lines) == 1, out.stderr
+    assert not out.queued
+
+
 class Harness:
     """One test's world: a spool directory, a stand-in qmail-queue and its record directory."""
 

@@ -2,20 +2,13 @@
 
 import os
 import signal
+import subprocess
 
 import pytest
-from conftest import envelope
+from conftest import QQFILTER, assert_clean_failure, envelope
 
 PLAIN = b"Received: from a (HELO a) (192.0.2.1)\n  by mx with SMTP; now\nSubject: hi\n\nbody\n"
 ENV = envelope(b"alice@example.com", b"bob@example.org")
-
-
-def assert_clean_failure(out, code: int) -> None:
-    """Refused with ``code``, one log line, no traceback, nothing queued."""
-    assert out.returncode == code, out.stderr
-    assert "Traceback" not in out.stderr
-    assert len(out.lines) == 1, out.stderr
-    assert not out.queued
 
 
 @pytest.mark.parametrize(
@@ -118,19 +111,11 @@ def test_unreadable_envelope_descriptor_is_54(qq, tmp_path):
     message = tmp_path / "m"
     message.write_bytes(PLAIN)
     with open(message, "rb") as msg, open(tmp_path / "w", "wb") as wronly:
-        import subprocess
-
         proc = subprocess.run(
-            [qq_path()], stdin=msg, stdout=wronly, stderr=subprocess.PIPE, env=qq.env, timeout=30
+            [QQFILTER], stdin=msg, stdout=wronly, stderr=subprocess.PIPE, env=qq.env, timeout=30
         )
     assert proc.returncode == 54
     assert b"envelope: cannot read" in proc.stderr
-
-
-def qq_path() -> str:
-    from conftest import QQFILTER
-
-    return QQFILTER
 
 
 def test_next_queue_program_missing_is_71_with_a_log_line(qq):

@@ -8,17 +8,10 @@ import sys
 import time
 
 import pytest
-from conftest import QQFILTER, envelope
+from conftest import QQFILTER, assert_clean_failure, envelope
 
 PLAIN = b"Subject: hi\n\nbody\n"
 ENV = envelope(b"alice@example.com", b"bob@example.org")
-
-
-def assert_clean_failure(out, code: int) -> None:
-    assert out.returncode == code, out.stderr
-    assert "Traceback" not in out.stderr
-    assert len(out.lines) == 1, out.stderr
-    assert not out.queued
 
 
 def test_missing_spool_directory_is_53(qq):
