@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from qqfilter import __version__, dryrun
+from qqfilter import __version__, dryrun, envelope
 from qqfilter.message import Connection
 from qqfilter.settings import SETTINGS, Settings, load
 
@@ -92,7 +92,7 @@ def _envelope(options: argparse.Namespace) -> bytes:
     if options.sender is not None or options.recipients:
         sender = (options.sender or "").encode("utf-8", "surrogateescape")
         recipients = [r.encode("utf-8", "surrogateescape") for r in options.recipients]
-        return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
+        return envelope.serialize(sender, recipients)
     beside = options.message.with_suffix(".env")
     if beside.is_file():
         return beside.read_bytes()
@@ -124,17 +124,22 @@ def _show(result: dryrun.Result, settings: Settings) -> None:
 
 
 def _config(options: argparse.Namespace) -> int:
+    """Print the effective settings as a TOML file (it can be saved as one), each with its
+    meaning, its variable and where its value came from; invalid ones go to stderr."""
     settings, errors = load(dict(os.environ))
     for setting in SETTINGS:
-        value = _display(getattr(settings, setting.name))
+        value = _toml(getattr(settings, setting.name))
         source = settings.sources[setting.name]
-        print(f"{setting.name:<11} = {value:<30} # {setting.env}, from {source}")
+        print(f"# {setting.doc}")
+        print(f"{setting.name} = {value}  # {setting.env}, from {source}\n")
     for error in errors:
         print(f"qqfilter: {error}", file=sys.stderr)
     return 1 if errors else 0
 
 
-def _display(value: object) -> str:
+def _toml(value: object) -> str:
     if isinstance(value, frozenset):
-        return ",".join(sorted(value)) or "(none)"
+        return "[" + ", ".join(_toml(v) for v in sorted(value)) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)

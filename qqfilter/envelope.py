@@ -22,11 +22,10 @@ class Envelope:
         self.sender = sender
         self.recipients = recipients
 
-    @classmethod
-    def build(cls, sender: bytes, recipients: list[bytes]) -> "Envelope":
-        """The envelope qmail would write for ``sender`` and ``recipients``."""
-        raw = b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
-        return parse(raw)
+
+def serialize(sender: bytes, recipients: list[bytes]) -> bytes:
+    """The envelope bytes qmail would write for ``sender`` and ``recipients``."""
+    return b"F" + sender + b"\0" + b"".join(b"T" + r + b"\0" for r in recipients) + b"\0"
 
 
 def parse(data: bytes) -> Envelope:

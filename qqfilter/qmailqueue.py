@@ -28,7 +28,8 @@ def run(environ: dict[str, str]) -> int:
     Never raises: an unexpected exception is 81 (memory exhaustion 51), with one log line.
     """
     started = time.monotonic()
-    fields: dict[str, object] = {"pid": os.getpid()}
+    connection = Connection.from_environ(environ)
+    fields: dict[str, object] = {"pid": os.getpid(), "ip": connection.remote_ip}
     style = "json" if environ.get("QQF_LOG") == "json" else "text"
     try:
         settings, errors = load(environ)
@@ -36,7 +37,7 @@ def run(environ: dict[str, str]) -> int:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise QueueError(exitcodes.CONFIG_ERROR, f"{errors[0]}{more}")
         style = settings.log
-        code = _filter(environ, settings, fields, started, style)
+        code = _filter(connection, settings, fields, started, style)
     except QueueError as exc:
         code = exc.code
         fields.update(verdict="error", reason=exc.reason)
@@ -52,7 +53,7 @@ def run(environ: dict[str, str]) -> int:
 
 
 def _filter(
-    environ: dict[str, str],
+    connection: Connection,
     settings: Settings,
     fields: dict[str, object],
     started: float,
@@ -64,8 +65,6 @@ def _filter(
     fields["size"] = spool.size
     envelope = envelope_reader.read(1)
     fields.update({"from": logline.address(envelope.sender), "rcpts": len(envelope.recipients)})
-    connection = Connection.from_environ(environ)
-    fields["ip"] = connection.remote_ip
     verdict = evaluate(Message(spool, envelope, connection), settings)
     fields.update(
         verdict=verdict.action, check=verdict.check, tag=verdict.tag, reason=verdict.reason

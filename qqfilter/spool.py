@@ -74,19 +74,6 @@ class Spool:
             raise
         return cls(fd, size)
 
-    def read_at(self, offset: int, count: int) -> bytes:
-        """Up to ``count`` bytes from ``offset``."""
-        return os.pread(self.fd, count, offset)
-
-    def head(self, count: int = 65536) -> bytes:
-        """The first ``count`` bytes: enough for the header of any sane message."""
-        return self.read_at(0, count)
-
-    def chunks(self, size: int = BUFFER):
-        """The whole message, in order, ``size`` bytes at a time."""
-        for offset in range(0, self.size, size):
-            yield self.read_at(offset, size)
-
     def close(self) -> None:
         """Release the file; the kernel frees it with its last descriptor."""
         os.close(self.fd)

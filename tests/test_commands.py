@@ -79,9 +79,9 @@ def test_config_shows_values_and_sources(qq, tmp_path):
     config.write_text("maxsize = 5000\n")
     proc = run("config", env={**qq.env, "QQF_CONFIG": str(config), "QQF_LOG": "json"})
     assert proc.returncode == 0, proc.stderr
-    lines = {line.split()[0]: line for line in proc.stdout.splitlines()}
-    assert "= 5000" in lines["maxsize"] and f"from {config}" in lines["maxsize"]
-    assert "= json" in lines["log"] and "from QQF_LOG" in lines["log"]
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines() if line[:1].isalpha()}
+    assert lines["maxsize"] == f"maxsize = 5000  # QQF_MAXSIZE, from {config}"
+    assert lines["log"] == 'log = "json"  # QQF_LOG, from QQF_LOG'
     assert "from default" in lines["codes"]
 
 
@@ -90,3 +90,14 @@ def test_config_exits_non_zero_and_names_each_invalid_setting(qq):
     assert proc.returncode == 1
     assert "setting maxsize from QQF_MAXSIZE" in proc.stderr
     assert "setting codes from QQF_CODES" in proc.stderr
+
+
+def test_config_output_is_a_toml_file_that_gives_the_same_settings(qq, tmp_path):
+    proc = run("config", env={**qq.env, "QQF_MAXSIZE": "777", "QQF_DROP": "spam,virus"})
+    saved = tmp_path / "saved.toml"
+    saved.write_text(proc.stdout)
+    again = run("config", env={**qq.env, "QQF_CONFIG": str(saved)})
+    assert again.returncode == 0, again.stderr
+    lines = {line.split()[0]: line for line in again.stdout.splitlines() if line[:1].isalpha()}
+    assert lines["maxsize"].startswith("maxsize = 777  # QQF_MAXSIZE, from " + str(saved))
+    assert lines["drop"].startswith('drop = ["spam", "virus"]')

@@ -6,7 +6,7 @@ import pytest
 
 from qqfilter import exitcodes, handoff
 from qqfilter.checks import Finding
-from qqfilter.envelope import Envelope, parse
+from qqfilter.envelope import parse, serialize
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.outcome import custom_reply, exit_code, smtp_reply
@@ -29,8 +29,9 @@ def test_envelope_bounce_and_empty_recipient_as_qmail_queue_allows():
     assert env.recipients == [b""]
 
 
-def test_envelope_build_is_what_qmail_writes():
-    assert Envelope.build(b"", [b"x@y"]).raw == b"F\0Tx@y\0\0"
+def test_envelope_serialize_is_what_qmail_writes():
+    assert serialize(b"", [b"x@y"]) == b"F\0Tx@y\0\0"
+    assert parse(serialize(b"a", [b"b", b"c"])).recipients == [b"b", b"c"]
 
 
 @pytest.mark.parametrize(
