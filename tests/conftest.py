@@ -111,14 +111,16 @@ class Harness:
         pass_fds: tuple[int, ...] = (),
         preexec_fn=None,
         measure: bool = False,
+        command: list[str] | None = None,
         timeout: float = 60,
     ) -> Outcome:
         """Pipe ``message`` and ``env_bytes`` into qqfilter as qmail-smtpd does; wait.
 
-        ``measure`` records the peak RSS of qqfilter and of the stand-in it became.
+        ``measure`` records the peak RSS of qqfilter and of the stand-in it became;
+        ``command`` runs another program in qqfilter's place (the installed qmail wrapper).
         """
         environ = {**self.env, **(env or {})}
-        command = [QQFILTER]
+        command = command or [QQFILTER]
         peak_file = self.tmp / "peak-rss"
         if measure:
             command = [sys.executable, str(HERE / "peak_rss.py"), QQFILTER]
