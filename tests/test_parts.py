@@ -1,5 +1,6 @@
 """The pieces on their own: envelope parser, header rendering, hand-off file, policy, codes."""
 
+import errno
 import os
 
 import pytest
@@ -12,7 +13,7 @@ from qqfilter.headers import render
 from qqfilter.outcome import custom_reply, exit_code, smtp_reply
 from qqfilter.policy import ACCEPT, DROP, REJECT, TEMPFAIL, Verdict, decide
 from qqfilter.settings import Settings, load
-from qqfilter.spool import Spool
+from qqfilter.spool import Spool, anonymous_file
 
 
 def test_envelope_parse_keeps_sender_recipients_and_raw_bytes():
@@ -164,3 +165,26 @@ def test_settings_from_toml_must_have_the_right_type(tmp_path):
     assert [e.name for e in errors] == ["maxsize"]
     assert settings.drop == frozenset({"virus"})
     assert settings.errfd == 6
+
+
+def test_spool_falls_back_to_create_and_unlink_without_o_tmpfile(tmp_path, monkeypatch):
+    """On filesystems without O_TMPFILE (NFS, old kernels) the file is named for an instant."""
+    real_open = os.open
+
+    def no_tmpfile(path, flags, mode=0o777, **kwargs):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, mode, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    fd = anonymous_file(str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # already unlinked
+    assert os.fstat(fd).st_mode & 0o777 == 0o600
+    assert os.fstat(fd).st_nlink == 0
+    os.close(fd)
+
+
+def test_spool_in_a_directory_that_cannot_hold_files_is_53(tmp_path):
+    with pytest.raises(QueueError) as caught:
+        anonymous_file(str(tmp_path / "absent"))
+    assert caught.value.code == exitcodes.WRITE_ERROR
