@@ -7,6 +7,7 @@ from pathlib import Path
 
 from qqfilter import __version__, dryrun, envelope
 from qqfilter.message import Connection
+from qqfilter.policy import ACCEPT
 from qqfilter.settings import SETTINGS, Settings, load
 
 USAGE_ERROR = 2
@@ -111,12 +112,12 @@ def _show(result: dryrun.Result, settings: Settings) -> None:
             lines.append(("tag", verdict.tag))
     handed = (
         f" (handed to {settings.qmailqueue})"
-        if result.code == 0 and verdict and verdict.action == "accept"
+        if verdict is not None and verdict.action == ACCEPT
         else ""
     )
     lines.append(("exit code", f"{result.code}{handed}"))
     lines.append(("reply", result.reply))
-    if verdict is not None and verdict.action == "accept":
+    if verdict is not None and verdict.action == ACCEPT:
         headers = result.headers.decode("ascii").rstrip("\n").replace("\n", "\n" + " " * 11)
         lines.append(("headers", headers or "(none added)"))
     for label, value in lines:
