@@ -40,7 +40,7 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
 class Spool:
-    """A message held in an anonymous file: its descriptor, its size, and ways to read it."""
+    """A message held in an anonymous file: its descriptor (read it with os.pread) and size."""
 
     __slots__ = ("fd", "size")
 
