@@ -139,8 +139,9 @@ def _config(options: argparse.Namespace) -> int:
 
 
 def _toml(value: object) -> str:
-    if isinstance(value, frozenset):
-        return "[" + ", ".join(_toml(v) for v in sorted(value)) + "]"
+    if isinstance(value, frozenset | tuple):
+        items = sorted(value) if isinstance(value, frozenset) else value
+        return "[" + ", ".join(_toml(v) for v in items) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return str(value)

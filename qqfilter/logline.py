@@ -7,7 +7,21 @@ sends can forge a line or a field. ``json`` gives one object a line with the sam
 
 import os
 
-FIELDS = ("pid", "verdict", "code", "check", "tag", "reason", "ip", "from", "rcpts", "size", "ms")
+FIELDS = (
+    "pid",
+    "verdict",
+    "code",
+    "check",
+    "tag",
+    "reason",
+    "detail",
+    "notes",
+    "ip",
+    "from",
+    "rcpts",
+    "size",
+    "ms",
+)
 """Every key a line can carry, in the order text lines show them; empty ones are left out."""
 
 

@@ -2,8 +2,9 @@
 
 The order of precedence is fixed and documented: a refusal wins (a permanent answer is better
 for everyone than a retry), then "could not decide" (tempfail: the client keeps the message and
-tries again), then accept with every header the checks asked for. Exit codes are not chosen
-here: that is the contract's business (qqfilter.outcome).
+tries again; for a virus scan, QQF_SCANERROR=accept lets it through, marked and logged), then
+accept with every header the checks asked for. Exit codes are not chosen here: that is the
+contract's business (qqfilter.outcome).
 """
 
 from qqfilter.checks import Finding
@@ -18,7 +19,17 @@ DROP = "drop"
 class Verdict:
     """The one decision about a message, with what explains it."""
 
-    __slots__ = ("action", "category", "check", "headers", "reason", "status", "tag")
+    __slots__ = (
+        "action",
+        "category",
+        "check",
+        "detail",
+        "headers",
+        "notes",
+        "reason",
+        "status",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -30,6 +41,8 @@ class Verdict:
         reason: str = "",
         status: str = "",
         headers: tuple[tuple[str, str], ...] = (),
+        detail: str = "",
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.action = action
         self.check = check
@@ -38,11 +51,20 @@ class Verdict:
         self.reason = reason
         self.status = status
         self.headers = headers
+        self.detail = detail
+        self.notes = notes
 
     @classmethod
-    def from_finding(cls, action: str, finding: Finding) -> "Verdict":
-        """A refusal, drop or tempfail explained by ``finding``."""
-        default_status = "5.7.1" if action != TEMPFAIL else "4.3.0"
+    def from_finding(
+        cls,
+        action: str,
+        finding: Finding,
+        *,
+        headers: tuple[tuple[str, str], ...] = (),
+        notes: tuple[str, ...] = (),
+    ) -> "Verdict":
+        """A verdict explained by ``finding``."""
+        default_status = "4.3.0" if action == TEMPFAIL else "5.7.1"
         return cls(
             action,
             check=finding.check,
@@ -50,17 +72,31 @@ class Verdict:
             tag=finding.tag,
             reason=finding.reason,
             status=finding.status or default_status,
+            headers=headers,
+            detail=finding.detail,
+            notes=notes,
         )
 
 
 def decide(findings: list[Finding], settings: Settings) -> Verdict:
-    """The verdict for ``findings``; ``settings.drop`` turns refusals of a category into drops."""
+    """The verdict for ``findings``.
+
+    ``settings.drop`` turns refusals of a category into drops; ``settings.scanerror`` =
+    "accept" lets a virus scan that could not decide through (its finding explains the
+    accept, and its headers mark the message). Clean findings with a reason become notes.
+    """
+    notes = tuple(
+        f"{f.check}: {f.reason}" for f in findings if f.outcome == Finding.CLEAN and f.reason
+    )
     for finding in findings:
         if finding.outcome == Finding.REFUSE:
             action = DROP if finding.category in settings.drop else REJECT
-            return Verdict.from_finding(action, finding)
-    for finding in findings:
-        if finding.outcome == Finding.UNKNOWN:
-            return Verdict.from_finding(TEMPFAIL, finding)
+            return Verdict.from_finding(action, finding, notes=notes)
+    unknown = [f for f in findings if f.outcome == Finding.UNKNOWN]
+    for finding in unknown:
+        if not (finding.category == "virus" and settings.scanerror == "accept"):
+            return Verdict.from_finding(TEMPFAIL, finding, notes=notes)
     headers = tuple(field for finding in findings for field in finding.headers)
-    return Verdict(ACCEPT, headers=headers)
+    if unknown:
+        return Verdict.from_finding(ACCEPT, unknown[0], headers=headers, notes=notes)
+    return Verdict(ACCEPT, headers=headers, notes=notes)

@@ -67,7 +67,12 @@ def _filter(
     fields.update({"from": logline.address(envelope.sender), "rcpts": len(envelope.recipients)})
     verdict = evaluate(Message(spool, envelope, connection), settings)
     fields.update(
-        verdict=verdict.action, check=verdict.check, tag=verdict.tag, reason=verdict.reason
+        verdict=verdict.action,
+        check=verdict.check,
+        tag=verdict.tag,
+        reason=verdict.reason,
+        detail=verdict.detail,
+        notes="; ".join(verdict.notes),
     )
     if verdict.action != ACCEPT:
         code = exit_code(verdict, settings)

@@ -38,6 +38,48 @@ def _bytes(value: object) -> int:
     return value
 
 
+def _seconds(value: object) -> float:
+    if isinstance(value, bool):
+        raise ValueError("must be a number of seconds")
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of seconds") from None
+    if not 0 < seconds <= 86400:
+        raise ValueError("must be more than 0 and at most 86400 seconds")
+    return seconds
+
+
+def _exit_status(value: object) -> int:
+    if isinstance(value, str) and value.isdigit() and value.isascii():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 255:
+        raise ValueError("must be an exit code, 0 to 255")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str) or "\0" in value:
+        raise ValueError("must be text without NUL")
+    return value
+
+
+def _program(value: object) -> str:
+    if not isinstance(value, str) or "\0" in value or (value and not value.split()):
+        raise ValueError("must name a program")
+    return value
+
+
+def _clamd_servers(value: object) -> tuple[str, ...]:
+    from qqfilter.clamd import parse_servers
+
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a comma list of unix:/path or host:port")
+    return parse_servers(value) if value.strip() else ()
+
+
 def _choice(*options: str):
     def parse(value: object) -> str:
         if value not in options:
@@ -54,15 +96,18 @@ def _errfd(value: object) -> int:
     return 0 if text == "off" else int(text)
 
 
-def _categories(value: object) -> frozenset[str]:
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-        raise ValueError("must be a comma list")
-    chosen = frozenset(i.strip() for i in items if i.strip())
-    unknown = chosen.difference(CATEGORIES)
-    if unknown:
-        raise ValueError(f"unknown {', '.join(sorted(unknown))}; known: {', '.join(CATEGORIES)}")
-    return chosen
+def _subset(*known: str):
+    def parse(value: object) -> frozenset[str]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ValueError("must be a comma list")
+        chosen = frozenset(i.strip() for i in items if i.strip())
+        unknown = chosen.difference(known)
+        if unknown:
+            raise ValueError(f"unknown {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+        return chosen
+
+    return parse
 
 
 class Setting:
@@ -132,8 +177,95 @@ SETTINGS: tuple[Setting, ...] = (
         "drop",
         "QQF_DROP",
         frozenset(),
-        _categories,
+        _subset(*CATEGORIES),
         "refusal categories to discard silently instead (reported as queued, always logged)",
+    ),
+    Setting(
+        "clamd",
+        "QQF_CLAMD",
+        (),
+        _clamd_servers,
+        "clamd servers to scan with, tried in order: comma list of unix:/path or host:port",
+    ),
+    Setting(
+        "clamdconnect",
+        "QQF_CLAMDCONNECT",
+        5.0,
+        _seconds,
+        "seconds to wait for a connection to one clamd before trying the next",
+    ),
+    Setting(
+        "clamdtimeout",
+        "QQF_CLAMDTIMEOUT",
+        60.0,
+        _seconds,
+        "seconds a clamd may go without taking data or answering before the next is tried",
+    ),
+    Setting(
+        "clamdmaxsize",
+        "QQF_CLAMDMAXSIZE",
+        0,
+        _bytes,
+        "skip clamd (logged) for messages larger than this many bytes; 0 = scan all",
+    ),
+    Setting(
+        "qhpsi",
+        "QHPSI",
+        "",
+        _program,
+        "s/qmail QHPSI scanner program, run on the message file; %s marks the file's place",
+    ),
+    Setting("qhpsiarg1", "QHPSIARG1", "", _text, "first extra argument for the QHPSI scanner"),
+    Setting("qhpsiarg2", "QHPSIARG2", "", _text, "second extra argument for the QHPSI scanner"),
+    Setting("qhpsiarg3", "QHPSIARG3", "", _text, "third extra argument for the QHPSI scanner"),
+    Setting(
+        "qhpsirc",
+        "QHPSIRC",
+        1,
+        _exit_status,
+        "the QHPSI scanner's exit code for infected",
+    ),
+    Setting(
+        "qhpsirn",
+        "QHPSIRN",
+        0,
+        _exit_status,
+        "the QHPSI scanner's exit code for clean; any other code means it could not decide",
+    ),
+    Setting(
+        "qhpsiminsize",
+        "QHPSIMINSIZE",
+        0,
+        _bytes,
+        "skip the QHPSI scanner (logged) for messages smaller than this; 0 = no lower limit",
+    ),
+    Setting(
+        "qhpsimaxsize",
+        "QHPSIMAXSIZE",
+        0,
+        _bytes,
+        "skip the QHPSI scanner (logged) for messages larger than this; 0 = no upper limit",
+    ),
+    Setting(
+        "scantimeout",
+        "QQF_SCANTIMEOUT",
+        120.0,
+        _seconds,
+        "seconds the virus scan of one message may take in all, clamd failover included",
+    ),
+    Setting(
+        "scanerror",
+        "QQF_SCANERROR",
+        "tempfail",
+        _choice("tempfail", "accept"),
+        "when no scanner can decide: tempfail (451, retried) or accept with X-Virus-Status",
+    ),
+    Setting(
+        "scanskip",
+        "QQF_SCANSKIP",
+        frozenset(),
+        _subset("relayclient", "local"),
+        "skip virus scans (logged) for: relayclient (RELAYCLIENT set), local (no TCPREMOTEIP)",
     ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
@@ -177,6 +309,8 @@ def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
         except ValueError as exc:
             errors.append(SettingError(name, source, f"{raw!r} {exc}"))
             values[name] = setting.default
+    if values["qhpsirc"] == values["qhpsirn"]:
+        errors.append(SettingError("qhpsirn", sources["qhpsirn"], "must differ from QHPSIRC"))
     return Settings(values, sources), errors
 
 

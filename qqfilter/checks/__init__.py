@@ -19,15 +19,16 @@ class Finding:
     (the message should not be accepted) or UNKNOWN (the check could not decide).
     ``category`` (see settings.CATEGORIES) chooses s/qmail exit codes and drop rules;
     ``tag`` is the s/qmail log tag where one exists; ``reason`` is shown in the log and, for
-    patched qmails, to the client, so it holds nothing private; ``status`` is the enhanced
-    status code for that reply.
+    patched qmails, to the client, so it holds nothing private; ``detail`` goes to the log
+    only (which server, what failed); ``status`` is the enhanced status code for the reply.
+    A CLEAN finding with a ``reason`` is a note for the log ("skipped: ...").
     """
 
     CLEAN = "clean"
     REFUSE = "refuse"
     UNKNOWN = "unknown"
 
-    __slots__ = ("category", "check", "headers", "outcome", "reason", "status", "tag")
+    __slots__ = ("category", "check", "detail", "headers", "outcome", "reason", "status", "tag")
 
     def __init__(
         self,
@@ -39,10 +40,12 @@ class Finding:
         tag: str = "",
         status: str = "",
         headers: tuple[tuple[str, str], ...] = (),
+        detail: str = "",
     ) -> None:
         self.check = check
         self.outcome = outcome
         self.reason = reason
+        self.detail = detail
         self.category = category
         self.tag = tag
         self.status = status
@@ -54,6 +57,6 @@ Check = Callable[[Message, Settings], "Finding | None"]
 
 def registry() -> tuple[tuple[str, Check], ...]:
     """The checks, in the order they run: cheap ones first, so a refusal stops early."""
-    from qqfilter.checks import size
+    from qqfilter.checks import size, virus
 
-    return (("size", size.check),)
+    return (("size", size.check), ("clamd", virus.clamd), ("qhpsi", virus.qhpsi))

@@ -1,0 +1,142 @@
+"""QHPSI, s/qmail's scanner interface: run a scanner program on the message file.
+
+The scanner is run without a shell as ``QHPSI <file> QHPSIARG1 QHPSIARG2 QHPSIARG3``. As in
+indimail, ``QHPSI`` may hold several words split on white space, and a word ``%s`` takes the
+file's place. The program's exit code says the verdict: ``QHPSIRC`` infected, ``QHPSIRN``
+clean, anything else (a crash, a deadline, a program that cannot run) means it could not
+decide.
+
+The scanner needs a path, and the spool has none: the spool file gets a name in the spool
+directory (a hard link where the kernel allows, else a copy) for as long as the scanner runs,
+mode 0600, removed before ``scan`` returns. A scanner such as clamdscan that hands the path to
+a clamd running as another user needs ``--fdpass`` or ``--stream`` (see docs/virus.md).
+"""
+
+import contextlib
+import os
+import re
+import signal
+import time
+
+CLEAN = "clean"
+INFECTED = "infected"
+UNKNOWN = "unknown"
+
+MAX_OUTPUT = 65536
+FOUND = re.compile(rb": ([\x21-\x7e][\x20-\x7e]{0,119}?) FOUND\s*$", re.MULTILINE)
+"""A clamscan-style report line, ``<path>: <signature> FOUND``."""
+
+
+class Result:
+    """What the scanner said: CLEAN, INFECTED (``name`` if it printed one) or UNKNOWN, why."""
+
+    __slots__ = ("name", "result", "why")
+
+    def __init__(self, result: str, *, name: str = "", why: str = "") -> None:
+        self.result = result
+        self.name = name
+        self.why = why
+
+
+def command(program: str, path: str, extra: tuple[str, ...]) -> list[str]:
+    """The argv for ``program`` (``QHPSI``) scanning ``path``, with QHPSIARG1..3 in ``extra``."""
+    words = program.split()
+    if "%s" in words[1:]:
+        argv = [path if word == "%s" else word for word in words]
+    else:
+        argv = [words[0], path, *words[1:]]
+    return argv + [arg for arg in extra if arg]
+
+
+def scan(
+    fd: int,
+    directory: str,
+    program: str,
+    extra: tuple[str, ...],
+    *,
+    infected: int,
+    clean: int,
+    timeout: float,
+) -> Result:
+    """Run the scanner on the spool file ``fd`` within ``timeout`` seconds."""
+    try:
+        path = _named_copy(fd, directory)
+    except OSError as exc:
+        return Result(UNKNOWN, why=f"cannot give the message a name in {directory}: {_why(exc)}")
+    try:
+        return _run(command(program, path, extra), infected, clean, timeout)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def _named_copy(fd: int, directory: str) -> str:
+    """A path in ``directory`` holding the spool file: a link to it where possible, else a copy."""
+    path = os.path.join(directory, f".qqfilter-qhpsi-{os.getpid()}-{os.urandom(6).hex()}")
+    try:
+        os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
+        return path
+    except OSError:
+        pass  # not an O_TMPFILE spool, or no /proc: copy it
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        offset, size = 0, os.fstat(fd).st_size
+        while offset < size:
+            sent = os.sendfile(out, fd, offset, size - offset)
+            if not sent:
+                break
+            offset += sent
+    except BaseException:
+        os.close(out)
+        os.unlink(path)
+        raise
+    os.close(out)
+    return path
+
+
+def _run(argv: list[str], infected: int, clean: int, timeout: float) -> Result:
+    """Run ``argv`` in its own process group; past the deadline the whole group is killed.
+
+    The deadline also covers anything the scanner started that keeps its output open.
+    """
+    import subprocess
+
+    name = os.path.basename(argv[0])
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return Result(UNKNOWN, why=f"{name}: cannot run: {_why(exc)}")
+    started = time.monotonic()
+    try:
+        output, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(child.pid)  # not reaped yet, so the group is still the scanner's
+        child.communicate()
+        return Result(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
+    output = output[-MAX_OUTPUT:]
+    status = child.returncode
+    if status < 0:
+        return Result(UNKNOWN, why=f"{name}: killed by signal {-status}")
+    if status == infected:
+        found = FOUND.search(output)
+        return Result(INFECTED, name=found.group(1).decode("ascii") if found else "")
+    if status == clean:
+        return Result(CLEAN)
+    took = time.monotonic() - started
+    return Result(UNKNOWN, why=f"{name}: exit code {status} after {took:.1f} s")
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
