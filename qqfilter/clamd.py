@@ -24,7 +24,10 @@ UNKNOWN = "unknown"
 
 
 class Answer:
-    """What clamd said: CLEAN, INFECTED with the signature ``name``, or UNKNOWN and why."""
+    """What clamd said: CLEAN, INFECTED with the signature ``name``, or UNKNOWN.
+
+    ``why`` lists the servers that failed before this answer (all of them for UNKNOWN).
+    """
 
     __slots__ = ("name", "result", "server", "why")
 
@@ -61,7 +64,9 @@ def _address(server: str) -> tuple[int, object]:
         return socket.AF_UNIX, path
     host, port = server, str(DEFAULT_PORT)
     if server.startswith("["):
-        host, _, rest = server[1:].partition("]")
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket:
+            raise ValueError(f"{server!r}: expected [address]:port")
         if rest:
             if not rest.startswith(":"):
                 raise ValueError(f"{server!r}: expected [address]:port")
@@ -99,9 +104,12 @@ def scan(
             failures.append(f"{server}: not tried, scan deadline passed")
             continue
         try:
-            return _scan_one(fd, size, server, connect_timeout, timeout, deadline)
+            answer = _scan_one(fd, size, server, connect_timeout, timeout, deadline)
         except ScanFailed as exc:
             failures.append(f"{server}: {exc}")
+            continue
+        answer.why = "; ".join(failures)
+        return answer
     return Answer(UNKNOWN, servers[-1], why="; ".join(failures))
 
 

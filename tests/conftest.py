@@ -119,6 +119,7 @@ class Harness:
         ``measure`` records the peak RSS of qqfilter and of the stand-in it became;
         ``command`` runs another program in qqfilter's place (the installed qmail wrapper).
         """
+        self._forget_last_run()
         environ = {**self.env, **(env or {})}
         command = command or [QQFILTER]
         peak_file = self.tmp / "peak-rss"
@@ -154,8 +155,28 @@ class Harness:
         peak = int(peak_file.read_text()) if measure else 0
         return Outcome(proc.returncode, stderr, self.record, peak)
 
+    def submit_for_reply(
+        self, message: bytes, env_bytes: bytes, env: dict[str, str]
+    ) -> tuple[Outcome, bytes]:
+        """Submit with a custom-reply pipe on fd 6 (QQF_ERRFD=6); returns what was written."""
+        read_end, write_end = os.pipe()
+        try:
+            out = self.submit(
+                message,
+                env_bytes,
+                env={**env, "QQF_ERRFD": "6"},
+                pass_fds=(6, write_end),
+                preexec_fn=lambda: os.dup2(write_end, 6),
+            )
+        finally:
+            os.close(write_end)
+        reply = os.read(read_end, 1024)
+        os.close(read_end)
+        return out, reply
+
     def submit_files(self, message: Path, env_file: Path, env: dict[str, str] | None = None):
         """Canned files as fd 0 and fd 1: ``qqfilter <message 1<envelope``."""
+        self._forget_last_run()
         with open(message, "rb") as msg, open(env_file, "rb") as envf:
             proc = subprocess.run(
                 [QQFILTER],
@@ -167,8 +188,32 @@ class Harness:
             )
         return Outcome(proc.returncode, proc.stderr, self.record)
 
+    def _forget_last_run(self) -> None:
+        for path in self.record.iterdir():
+            path.unlink()
+
     def spool_is_empty(self) -> bool:
         return not any(self.spool.iterdir())
+
+
+@pytest.fixture(scope="session")
+def clamd_server():
+    """One real clamd for the whole run, on a unix socket and a loopback TCP port."""
+    from clamav import Clamd
+
+    server = Clamd()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def spare_clamd():
+    """A clamd of the test's own, to pause or kill."""
+    from clamav import Clamd
+
+    server = Clamd()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -35,9 +35,12 @@ def clamd(message: Message, settings: Settings) -> Finding | None:
         deadline=time.monotonic() + settings.scantimeout,
     )
     if answer.result == client.INFECTED:
-        return _infected("clamd", answer.name, f"found by {answer.server}")
+        failed_over = f" after {answer.why}" if answer.why else ""
+        return _infected("clamd", answer.name, f"found by {answer.server}{failed_over}")
     if answer.result == client.UNKNOWN:
         return _undecided("clamd", answer.why)
+    if answer.why:
+        return Finding("clamd", Finding.CLEAN, f"clean by {answer.server} after {answer.why}")
     return None
 
 
