@@ -3,7 +3,8 @@
 #
 #   ./install.sh [--dev] [--qmail] [--venv DIR] [--qmailhome DIR]
 #
-#   --dev            editable install with the test tools (pytest, ruff)
+#   --dev            editable install with the test tools (pytest, ruff), and the Debian
+#                    packages the tests run for real (clamd, clamdscan) if they are missing
 #   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail): the program
 #                    to name in QMAILQUEUE
 #   --venv DIR       the virtual environment (default: .venv beside this script)
@@ -42,6 +43,24 @@ python=$("${PYTHON:-python3}" -c 'import os, sys; print(os.path.realpath(sys.exe
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   echo "install.sh: $python is older than Python 3.11, which qqfilter needs" >&2
   exit 1
+fi
+
+# The tests talk to real services; their programs come from Debian.
+test_packages=(clamav-daemon clamdscan)
+missing=0
+if [ "$dev" = 1 ]; then
+  [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null || missing=1
+  command -v clamdscan >/dev/null || missing=1
+fi
+if [ "$missing" = 1 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt=(apt-get install -y -qq --no-install-recommends "${test_packages[@]}")
+    "${apt[@]}" >/dev/null || { apt-get update -qq && "${apt[@]}" >/dev/null; }
+  else
+    echo "install.sh: the tests need ${test_packages[*]}: as root, apt-get install them" >&2
+    exit 1
+  fi
 fi
 
 [ -x "$venv/bin/python3" ] || "$python" -m venv "$venv"
