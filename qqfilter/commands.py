@@ -110,6 +110,10 @@ def _show(result: dryrun.Result, settings: Settings) -> None:
         lines.append(("verdict", verdict.action + explained))
         if verdict.tag:
             lines.append(("tag", verdict.tag))
+        if verdict.detail:
+            lines.append(("detail", verdict.detail))
+        if verdict.notes:
+            lines.append(("notes", "; ".join(verdict.notes)))
     handed = (
         f" (handed to {settings.qmailqueue})"
         if verdict is not None and verdict.action == ACCEPT

@@ -281,3 +281,21 @@ def test_ipv6_and_bare_host_forms_are_accepted():
     assert _address("[::1]")[1] == ("::1", 3310)
     assert _address("clamd.example.org")[1] == ("clamd.example.org", 3310)
     assert _address("/run/clamav/clamd.ctl")[1] == "/run/clamav/clamd.ctl"
+
+
+def test_qqfilter_test_shows_the_detail_and_notes(clamd_server, tmp_path):
+    from conftest import QQFILTER
+
+    message = tmp_path / "virus.eml"
+    message.write_bytes(samples()["zipped"])
+    env = {"PATH": "/usr/bin:/bin", "QQF_CONFIG": "/dev/null", "QQF_SPOOLDIR": str(tmp_path)}
+    command = [QQFILTER, "test", str(message), "--to", "bob@example.org"]
+    servers = f"unix:{tmp_path}/gone.sock,{clamd_server.unix}"
+    shown = subprocess.run(
+        command, env={**env, "QQF_CLAMD": servers}, capture_output=True, text=True, check=True
+    ).stdout
+    assert f"verdict:   reject by clamd: virus found: {EICAR_NAME}\n" in shown
+    assert f"detail:    found by {clamd_server.unix} after unix:{tmp_path}/gone.sock" in shown
+    skipped = {**env, "QQF_CLAMD": servers, "QQF_CLAMDMAXSIZE": "100"}
+    shown = subprocess.run(command, env=skipped, capture_output=True, text=True).stdout
+    assert "verdict:   accept\nnotes:     clamd: skipped: larger than 100 bytes\n" in shown
