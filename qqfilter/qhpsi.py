@@ -58,24 +58,47 @@ def scan(
     clean: int,
     timeout: float,
 ) -> Result:
-    """Run the scanner on the spool file ``fd`` within ``timeout`` seconds."""
+    """Run the scanner on the spool file ``fd`` within ``timeout`` seconds.
+
+    While the file has a name, SIGTERM removes it (and the scanner) before the process dies
+    of that signal as it would have: the name must not outlive the scan.
+    """
+    path = os.path.join(directory, f".qqfilter-qhpsi-{os.getpid()}-{os.urandom(6).hex()}")
     try:
-        path = _named_copy(fd, directory)
-    except OSError as exc:
-        return Result(UNKNOWN, why=f"cannot give the message a name in {directory}: {_why(exc)}")
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (a replay worker): nothing to catch there
+        previous = None
     try:
+        try:
+            _link_or_copy(fd, path)
+        except OSError as exc:
+            why = f"cannot give the message a name in {directory}: {_why(exc)}"
+            return Result(UNKNOWN, why=why)
         return _run(command(program, path, extra), infected, clean, timeout)
+    except _Terminated:
+        pass
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    os.kill(os.getpid(), signal.SIGTERM)
+    raise AssertionError("unreachable: SIGTERM ends the process")
 
 
-def _named_copy(fd: int, directory: str) -> str:
-    """A path in ``directory`` holding the spool file: a link to it where possible, else a copy."""
-    path = os.path.join(directory, f".qqfilter-qhpsi-{os.getpid()}-{os.urandom(6).hex()}")
+class _Terminated(BaseException):
+    """SIGTERM arrived during a scan (a BaseException, so nothing on the way catches it)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _link_or_copy(fd: int, path: str) -> None:
+    """Make ``path`` hold the spool file: a hard link to it where possible, else a copy."""
     try:
         os.link(f"/proc/self/fd/{fd}", path, follow_symlinks=True)
-        return path
+        return
     except OSError:
         pass  # not an O_TMPFILE spool, or no /proc: copy it
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -86,12 +109,8 @@ def _named_copy(fd: int, directory: str) -> str:
             if not sent:
                 break
             offset += sent
-    except BaseException:
+    finally:
         os.close(out)
-        os.unlink(path)
-        raise
-    os.close(out)
-    return path
 
 
 def _run(argv: list[str], infected: int, clean: int, timeout: float) -> Result:
@@ -120,6 +139,9 @@ def _run(argv: list[str], infected: int, clean: int, timeout: float) -> Result:
         _kill_group(child.pid)  # not reaped yet, so the group is still the scanner's
         child.communicate()
         return Result(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
+    except BaseException:
+        _kill_group(child.pid)
+        raise
     output = output[-MAX_OUTPUT:]
     status = child.returncode
     if status < 0:

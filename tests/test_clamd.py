@@ -299,3 +299,15 @@ def test_qqfilter_test_shows_the_detail_and_notes(clamd_server, tmp_path):
     skipped = {**env, "QQF_CLAMD": servers, "QQF_CLAMDMAXSIZE": "100"}
     shown = subprocess.run(command, env=skipped, capture_output=True, text=True).stdout
     assert "verdict:   accept\nnotes:     clamd: skipped: larger than 100 bytes\n" in shown
+
+
+def test_clamd_that_died_leaving_its_socket_is_71_at_once(qq, spare_clamd):
+    spare_clamd.kill()
+    started = time.monotonic()
+    out = qq.submit(CLEAN, ENV, env={"QQF_CLAMD": f"{spare_clamd.unix},{spare_clamd.tcp}"})
+    assert time.monotonic() - started < 5
+    assert_clean_failure(out, 71)
+    assert out.field("detail") == (
+        f"{spare_clamd.unix}: cannot connect: Connection refused; "
+        f"{spare_clamd.tcp}: cannot connect: Connection refused"
+    )

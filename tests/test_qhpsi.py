@@ -1,7 +1,9 @@
 """QHPSI: s/qmail's scanner interface, with clamdscan against a real clamd and a script."""
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +17,8 @@ CLEAN = mime(TEXT_PART, attachment(b"just a document\n" * 100, b"notes.txt"))
 SCANNER = """\
 import os, signal, sys, time
 record = os.environ["SCANNER_RECORD"]
+with open(os.path.join(record, "pid"), "w") as out:
+    out.write(str(os.getpid()))
 with open(os.path.join(record, "argv"), "w") as out:
     out.write("\\0".join(sys.argv[1:]))
 for arg in sys.argv[1:]:
@@ -23,6 +27,8 @@ for arg in sys.argv[1:]:
             dst.write(src.read())
         with open(os.path.join(record, "mode"), "w") as out:
             out.write(oct(os.stat(arg).st_mode & 0o777))
+with open(os.path.join(record, "parent"), "w") as out:
+    out.write(str(os.getppid()))
 if os.environ.get("SCANNER_CHILD"):
     child = os.fork()
     if child == 0:
@@ -244,3 +250,31 @@ def test_both_scanners_may_run_and_either_refuses(qq, clamd_server, scanner):
     assert_clean_failure(out, 31)
     assert out.field("check") == "qhpsi"
     assert os.path.exists(scanner[1] / "argv")
+
+
+def test_sigterm_during_a_scan_removes_the_file_and_the_scanner(qq, scanner):
+    """qqfilter dies of the TERM as it would have, but the named file and the scanner go."""
+    program, record = scanner
+    result = {}
+
+    def submit():
+        result["out"] = qq.submit(
+            CLEAN,
+            ENV,
+            env={"QHPSI": program, "SCANNER_RECORD": str(record), "SCANNER_SLEEP": "30"},
+        )
+
+    runner = threading.Thread(target=submit)
+    runner.start()
+    give_up = time.monotonic() + 20
+    while not (record / "parent").exists() and time.monotonic() < give_up:
+        time.sleep(0.05)
+    os.kill(int((record / "parent").read_text()), signal.SIGTERM)
+    runner.join(20)
+    out = result["out"]
+    assert out.returncode == -signal.SIGTERM
+    assert not out.queued
+    assert "Traceback" not in out.stderr
+    scanner_pid = int((record / "pid").read_text())
+    time.sleep(0.2)
+    assert not _alive(scanner_pid)
