@@ -99,8 +99,7 @@ def scan(
     """
     failures = []
     for server in servers:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        if deadline <= time.monotonic():
             failures.append(f"{server}: not tried, scan deadline passed")
             continue
         try:
@@ -116,16 +115,13 @@ def scan(
 def _scan_one(
     fd: int, size: int, server: str, connect_timeout: float, timeout: float, deadline: float
 ) -> Answer:
-    family, address = _address(server)
-    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     try:
-        try:
-            sock.settimeout(_within(connect_timeout, deadline))
-            sock.connect(address)
-        except TimeoutError:
-            raise ScanFailed(f"no connection within {connect_timeout:g} s") from None
-        except OSError as exc:
-            raise ScanFailed(f"cannot connect: {_why(exc)}") from None
+        sock = _connect(server, _within(connect_timeout, deadline))
+    except TimeoutError:
+        raise ScanFailed(f"no connection within {connect_timeout:g} s") from None
+    except OSError as exc:
+        raise ScanFailed(f"cannot connect: {_why(exc)}") from None
+    try:
         try:
             _send_stream(sock, fd, size, timeout, deadline)
         except TimeoutError:
@@ -142,6 +138,22 @@ def _scan_one(
     finally:
         sock.close()
     return _interpret(text, server)
+
+
+def _connect(server: str, timeout: float) -> socket.socket:
+    """A socket connected to ``server`` within ``timeout``; a host name may have several
+    addresses, each tried (the name itself is looked up by the system resolver)."""
+    family, address = _address(server)
+    if family != socket.AF_UNIX:
+        return socket.create_connection(address, timeout=timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _within(timeout: float, deadline: float) -> float:

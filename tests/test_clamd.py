@@ -311,3 +311,9 @@ def test_clamd_that_died_leaving_its_socket_is_71_at_once(qq, spare_clamd):
         f"{spare_clamd.unix}: cannot connect: Connection refused; "
         f"{spare_clamd.tcp}: cannot connect: Connection refused"
     )
+
+
+def test_a_host_name_is_looked_up_and_each_address_tried(qq, clamd_server):
+    out = qq.submit(samples()["base64"], ENV, env={"QQF_CLAMD": f"localhost:{clamd_server.port}"})
+    assert_clean_failure(out, 31)
+    assert out.field("detail") == f"found by localhost:{clamd_server.port}"
