@@ -136,7 +136,8 @@ def _config(options: argparse.Namespace) -> int:
         value = _toml(getattr(settings, setting.name))
         source = settings.sources[setting.name]
         print(f"# {setting.doc}")
-        print(f"{setting.name} = {value}  # {setting.env}, from {source}\n")
+        env = f"{setting.env} or {setting.alias}" if setting.alias else setting.env
+        print(f"{setting.name} = {value}  # {env}, from {source}\n")
     for error in errors:
         print(f"qqfilter: {error}", file=sys.stderr)
     return 1 if errors else 0

@@ -8,7 +8,9 @@ class Connection:
     """Facts about the SMTP client that tcpserver and qmail-smtpd put in the environment.
 
     ``remote_ip`` is None for mail injected locally (no TCPREMOTEIP); ``relayclient`` is true
-    when RELAYCLIENT is set at all, even to the empty string, as in qmail-smtpd.
+    when RELAYCLIENT is set at all, even to the empty string, as in qmail-smtpd. ``helo`` is
+    set only where a patched qmail-smtpd exports it (HELOHOST, as s/qmail and spamcontrol do);
+    otherwise the SPF check reads it from qmail-smtpd's Received line.
     """
 
     __slots__ = ("helo", "local_host", "relayclient", "remote_host", "remote_ip")
@@ -35,6 +37,7 @@ class Connection:
             remote_host=environ.get("TCPREMOTEHOST") or None,
             local_host=environ.get("TCPLOCALHOST") or None,
             relayclient="RELAYCLIENT" in environ,
+            helo=environ.get("HELOHOST") or None,
         )
 
 

@@ -80,6 +80,23 @@ def _clamd_servers(value: object) -> tuple[str, ...]:
     return parse_servers(value) if value.strip() else ()
 
 
+def _level(value: object) -> int:
+    text = str(value)
+    if isinstance(value, bool) or text not in ("0", "1", "2", "3", "4", "5", "6"):
+        raise ValueError("must be a level from 0 to 6")
+    return int(text)
+
+
+def _dns_servers(value: object) -> tuple[str, ...]:
+    from qqfilter.resolver import parse_servers
+
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a comma list of ip or ip:port")
+    return parse_servers(value) if value.strip() else ()
+
+
 def _choice(*options: str):
     def parse(value: object) -> str:
         if value not in options:
@@ -111,16 +128,20 @@ def _subset(*known: str):
 
 
 class Setting:
-    """One setting: its name in the TOML file, its variable, default, parser and meaning."""
+    """One setting: its name in the TOML file, its variable (and an older name for it, read
+    when the variable is unset), default, parser and meaning."""
 
-    __slots__ = ("default", "doc", "env", "name", "parse")
+    __slots__ = ("alias", "default", "doc", "env", "name", "parse")
 
-    def __init__(self, name: str, env: str, default: object, parse, doc: str) -> None:
+    def __init__(
+        self, name: str, env: str, default: object, parse, doc: str, alias: str = ""
+    ) -> None:
         self.name = name
         self.env = env
         self.default = default
         self.parse = parse
         self.doc = doc
+        self.alias = alias
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -267,6 +288,29 @@ SETTINGS: tuple[Setting, ...] = (
         _subset("relayclient", "local"),
         "skip virus scans (logged) for: relayclient (RELAYCLIENT set), local (no TCPREMOTEIP)",
     ),
+    Setting(
+        "spf",
+        "SPF",
+        0,
+        _level,
+        "SPF level (s/qmail): 0 off, 1 stamp headers only, 2 also 451 on DNS/record errors, "
+        "3 reject fail, 4 also softfail, 5 also neutral, 6 also none and permerror",
+        alias="SPFBEHAVIOR",
+    ),
+    Setting(
+        "dns",
+        "QQF_DNS",
+        (),
+        _dns_servers,
+        "DNS servers for SPF: comma list of ip or ip:port; empty = those of /etc/resolv.conf",
+    ),
+    Setting(
+        "spftimeout",
+        "QQF_SPFTIMEOUT",
+        20.0,
+        _seconds,
+        "seconds all DNS lookups of one message's SPF check may take; then it is temperror",
+    ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -298,6 +342,8 @@ def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
         name = setting.name
         if environ.get(setting.env):
             raw, source = environ[setting.env], setting.env
+        elif setting.alias and environ.get(setting.alias):
+            raw, source = environ[setting.alias], setting.alias
         elif name in table:
             raw, source = table[name], origin
         else:

@@ -1,0 +1,132 @@
+"""SPF: evaluate, stamp Received-SPF and Authentication-Results, refuse by s/qmail's level.
+
+| level | refused (554)                          | tempfailed (451)          |
+|-------|----------------------------------------|---------------------------|
+| 0     | off: nothing is evaluated or stamped   |                           |
+| 1     | nothing: headers only                  |                           |
+| 2     | nothing                                | temperror, permerror      |
+| 3     | fail                                   | temperror, permerror      |
+| 4     | fail, softfail                         | temperror, permerror      |
+| 5     | fail, softfail, neutral                | temperror, permerror      |
+| 6     | fail, softfail, neutral, none, permerror | temperror               |
+
+Level 2's "451 on DNS or syntax errors" covers permerror (a syntax error in the record) until
+level 6 refuses it, as shared/DESIGN.md describes s/qmail. Mail from RELAYCLIENT clients and
+mail injected locally (no TCPREMOTEIP) is not evaluated, and the log line says so.
+"""
+
+from qqfilter import control
+from qqfilter.checks import Finding
+from qqfilter.message import Message
+from qqfilter.settings import Settings
+
+TAG = "Reject::SPF::Fail"
+REFUSED_FROM = {"fail": 3, "softfail": 4, "neutral": 5, "none": 6, "permerror": 6}
+"""The level from which each result is refused."""
+DEFERRED_FROM = {"temperror": 2, "permerror": 2}
+"""The level from which each result is tempfailed (when not refused)."""
+
+
+def check(message: Message, settings: Settings) -> Finding | None:
+    """Evaluate SPF for a message that came in over SMTP, at ``settings.spf`` >= 1."""
+    if not settings.spf:
+        return None
+    connection = message.connection
+    if connection.relayclient:
+        return Finding("spf", Finding.CLEAN, "skipped: RELAYCLIENT")
+    if not connection.remote_ip:
+        return Finding("spf", Finding.CLEAN, "skipped: local injection")
+    receiver = _receiver(settings, connection.local_host)
+    result = _evaluate(message, settings, receiver)
+    from qqfilter.authheaders import authentication_results, received_spf
+
+    headers = (received_spf(result, receiver), authentication_results(result, receiver))
+    level = settings.spf
+    if level >= REFUSED_FROM.get(result.result, 99):
+        return Finding(
+            "spf",
+            Finding.REFUSE,
+            f"SPF {result.result}: {result.explanation or _why(result)}",
+            tag=TAG,
+            status="5.7.23",
+            detail=_detail(result),
+            headers=headers,
+        )
+    if level >= DEFERRED_FROM.get(result.result, 99):
+        return Finding(
+            "spf",
+            Finding.UNKNOWN,
+            f"SPF {result.result}: cannot check the sender now, try again later",
+            status="4.7.24",
+            detail=_detail(result),
+            headers=headers,
+        )
+    return Finding("spf", Finding.CLEAN, _detail(result), headers=headers)
+
+
+def _evaluate(message: Message, settings: Settings, receiver: str):
+    from qqfilter import spfeval
+    from qqfilter.received import helo_from_message
+    from qqfilter.resolver import make_resolver
+
+    connection = message.connection
+    helo = connection.helo
+    if helo is None:
+        helo = helo_from_message(message.spool.fd, connection.remote_ip) or ""
+    sender = message.envelope.sender.decode("utf-8", "replace")
+    home = settings.qmailhome
+    local_rules = control.first_line(home, "spflocalrules") or ""
+    explanation = control.first_line(home, "spfexplain") or ""
+    try:
+        resolver = make_resolver(settings.dns)
+    except OSError as exc:
+        return spfeval.Result(
+            "temperror",
+            client_ip=connection.remote_ip,
+            sender=sender,
+            helo=helo,
+            identity="mailfrom" if sender else "helo",
+            domain=sender.rpartition("@")[2] or helo,
+            problem=str(exc),
+        )
+    return spfeval.evaluate(
+        connection.remote_ip,
+        sender,
+        helo,
+        receiver,
+        resolver=resolver,
+        timeout=settings.spftimeout,
+        local_rules=local_rules,
+        explanation=explanation,
+    )
+
+
+def _receiver(settings: Settings, local_host: str | None) -> str:
+    """The receiving host's name: control/me, else TCPLOCALHOST, else the host name."""
+    me = control.first_line(settings.qmailhome, "me")
+    if me:
+        return me
+    if local_host:
+        return local_host
+    import socket
+
+    return socket.gethostname()
+
+
+def _why(result) -> str:
+    """Our words for a refusal when neither the domain nor control/spfexplain gave any."""
+    domain, ip = result.domain, result.client_ip
+    return {
+        "fail": f"{domain} does not allow mail from {ip}",
+        "softfail": f"{domain} discourages mail from {ip}",
+        "neutral": f"{domain} neither permits nor denies mail from {ip}",
+        "none": f"{domain or 'the sender'} publishes no SPF record",
+        "permerror": f"the SPF record of {domain} is invalid: {result.problem}",
+    }[result.result]
+
+
+def _detail(result) -> str:
+    """The result for the log line: ``pass``, or ``temperror (DNS timeout ...)``."""
+    identity = " (helo)" if result.identity == "helo" else ""
+    problem = f": {result.problem}" if result.problem else ""
+    return f"{result.result}{identity}{problem}"

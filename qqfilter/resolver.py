@@ -1,0 +1,102 @@
+"""DNS for the checks: a dnspython resolver on QQF_DNS or the system's resolv.conf.
+
+pyspf looks names up through its module-level ``DNSLookup`` function; ``lookup`` is a
+replacement bound to our resolver. It asks the same questions pyspf's own dnspython adapter
+asks, but with ``resolve`` (not the deprecated ``query``, whose warnings would reach the log),
+without search domains (SPF names are absolute), and it maps every DNS failure to pyspf's
+TempError, so nothing from dnspython escapes as an exception.
+"""
+
+import socket
+
+
+def parse_servers(value: str) -> tuple[str, ...]:
+    """``ip``, ``ip:port``, ``v6ip`` or ``[v6ip]:port``, comma-separated; ValueError if not."""
+    servers = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not servers:
+        raise ValueError("must name at least one DNS server")
+    for server in servers:
+        _host_port(server)
+    return servers
+
+
+def _host_port(server: str) -> tuple[str, int]:
+    host, port = server, "53"
+    if server.startswith("["):
+        host, bracket, rest = server[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{server!r}: expected [address]:port")
+        port = rest[1:] or "53"
+    elif server.count(":") == 1:
+        host, port = server.split(":")
+    if not _is_address(host):
+        raise ValueError(f"{server!r}: not an IP address")
+    if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
+        raise ValueError(f"{server!r}: not a port")
+    return host, int(port)
+
+
+def _is_address(host: str) -> bool:
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+            return True
+        except OSError:
+            pass
+    return False
+
+
+def make_resolver(servers: tuple[str, ...]):
+    """A dnspython Resolver asking ``servers`` (each with its port), or resolv.conf's if empty.
+
+    Raises OSError when there is no resolv.conf to read.
+    """
+    import dns.nameserver
+    import dns.resolver
+
+    if not servers:
+        try:
+            return dns.resolver.Resolver()
+        except dns.resolver.NoResolverConfiguration as exc:
+            raise OSError(f"no usable resolv.conf: {exc}") from None
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(*_host_port(s)) for s in servers]
+    return resolver
+
+
+def spf_lookup(resolver):
+    """pyspf's ``DNSLookup(name, qtype, strict, timeout)``, answering from ``resolver``.
+
+    A name that cannot exist (too long, an empty label: macros can build one) has no records.
+    """
+    import dns.exception
+    import dns.name
+    import dns.resolver
+    import spf
+
+    _BAD_NAME = (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel)
+
+    def lookup(name: str, qtype: str, strict: object = True, timeout: float = 20) -> list:
+        try:
+            answers = resolver.resolve(name, qtype, lifetime=timeout, search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN, *_BAD_NAME):
+            return []
+        except dns.exception.Timeout:
+            raise spf.TempError(f"DNS timeout looking up {qtype} {name}") from None
+        except dns.resolver.NoNameservers:
+            raise spf.TempError(f"DNS servers failed for {qtype} {name}") from None
+        except dns.exception.DNSException as exc:
+            raise spf.TempError(f"DNS error for {qtype} {name}: {type(exc).__name__}") from None
+        found = []
+        for rdata in answers:
+            if qtype in ("A", "AAAA"):
+                found.append(((name, qtype), rdata.address))
+            elif qtype == "MX":
+                found.append(((name, qtype), (rdata.preference, rdata.exchange)))
+            elif qtype == "PTR":
+                found.append(((name, qtype), rdata.target.to_text(True)))
+            elif qtype in ("TXT", "SPF"):
+                found.append(((name, qtype), rdata.strings))
+        return found
+
+    return lookup
