@@ -7,6 +7,7 @@ DNS trouble is "temperror", and a failure inside pyspf is reported as "temperror
 that SPF alone never turns a message into a traceback.
 """
 
+import contextlib
 import re
 import time
 import warnings
@@ -130,11 +131,13 @@ def _check(
         querytime=timeout,
     )
     if explanation:
-        try:
-            query.set_default_explanation(query.expand(explanation))
-        except spf.SPFError:
-            query.set_default_explanation(explanation)
+        query.set_default_explanation(explanation)
     result, _code, text = query.check()
+    if explanation and text == explanation:
+        # expanded as exp= text (c, r, t allowed) once check() has set every variable;
+        # a malformed macro leaves the administrator's words as written
+        with contextlib.suppress(Exception):
+            text = query.expand(explanation, stripdot=False)
     problem = getattr(query, "prob", "") or ""
     stock = text == spf.EXPLANATIONS.get(result) and not explanation
     # pyspf's stock words are dropped, and for errors its text is ``problem``'s

@@ -216,6 +216,16 @@ def spare_clamd():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def nsd_server():
+    """One real DNS server (nsd) for the whole run, serving fixtures/zones on loopback."""
+    from nameserver import Nsd
+
+    server = Nsd()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def qq(tmp_path: Path) -> Harness:
     harness = Harness(tmp_path)
