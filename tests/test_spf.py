@@ -365,3 +365,32 @@ def keys_of(received_spf: str) -> list[str]:
         assert rest == "" or rest.startswith("; "), rest
         rest = rest[2:]
     return keys
+
+
+def test_a_control_file_that_cannot_be_read_is_55(spf):
+    (spf.control / "spfexplain").mkdir()
+    out = spf(b"alice@fail.spf.test", 3)
+    assert_clean_failure(out, 55)
+    assert out.field("reason").startswith("control/spfexplain: cannot read")
+
+
+def test_qqfilter_test_takes_the_helo_and_shows_the_headers(nsd_server, tmp_path):
+    import subprocess
+
+    from conftest import QQFILTER
+
+    message = tmp_path / "bounce.eml"
+    message.write_bytes(BODY)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "QQF_CONFIG": "/dev/null",
+        "QQF_QMAILHOME": str(tmp_path),
+        "QQF_DNS": nsd_server.address,
+        "SPF": "1",
+    }
+    command = [QQFILTER, "test", str(message), "--from", "", "--to", "postmaster@example.org"]
+    command += ["--ip", "192.0.2.25", "--helo", "mail.spf.test"]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
+    assert "notes:     spf: pass (helo)\n" in shown
+    assert "Authentication-Results: " in shown
+    assert "spf=pass smtp.helo=mail.spf.test" in shown
