@@ -7,6 +7,8 @@ the empty string counts as unset, as tcprules users expect. Nothing here reads t
 
 import os
 
+from qqfilter.kinds import BLOCKED_EXTENSIONS, KINDS
+
 DEFAULT_CONFIG = "/etc/qqfilter.toml"
 CATEGORIES = ("policy", "virus", "spam", "attachment")
 """What a refusal is about; s/qmail codes and QQF_DROP are chosen by it."""
@@ -95,6 +97,27 @@ def _dns_servers(value: object) -> tuple[str, ...]:
     if not isinstance(value, str):
         raise ValueError("must be a comma list of ip or ip:port")
     return parse_servers(value) if value.strip() else ()
+
+
+def _words(value: object) -> frozenset[str]:
+    items = value.replace(",", " ").split() if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+        raise ValueError("must be a list of words")
+    chosen = frozenset(i.strip().lower().lstrip(".") for i in items if i.strip())
+    return frozenset() if chosen == {"none"} else chosen
+
+
+def _flags(value: object) -> str:
+    if not isinstance(value, str) or len(value) > 4 or "\0" in value:
+        raise ValueError("must be one or a few flag characters")
+    return value
+
+
+def _count(value: object) -> int:
+    number = _bytes(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
 
 
 def _choice(*options: str):
@@ -310,6 +333,85 @@ SETTINGS: tuple[Setting, ...] = (
         20.0,
         _seconds,
         "seconds all DNS lookups of one message's SPF check may take; then it is temperror",
+    ),
+    Setting(
+        "blockext",
+        "QQF_BLOCKEXT",
+        frozenset(BLOCKED_EXTENSIONS),
+        _words,
+        "attachment file name extensions to refuse (also in archives); none = no name check",
+    ),
+    Setting(
+        "blockkinds",
+        "QQF_BLOCKKINDS",
+        frozenset(KINDS),
+        _subset(*KINDS, "none"),
+        "content kinds to refuse in any encoding or archive: " + ", ".join(KINDS),
+    ),
+    Setting(
+        "attachskip",
+        "QQF_ATTACHSKIP",
+        frozenset(),
+        _subset("relayclient", "local"),
+        "skip the attachment checks (logged) for: relayclient, local (no TCPREMOTEIP)",
+    ),
+    Setting(
+        "badmimetype",
+        "BADMIMETYPE",
+        "",
+        _flags,
+        "s/qmail WarLord: any value turns control/badmimetypes on; ! also refuses white space "
+        "in base64, + skips RELAYCLIENT, - is off",
+    ),
+    Setting(
+        "badloadertype",
+        "BADLOADERTYPE",
+        "",
+        _flags,
+        "s/qmail WarLord: the loader character (e.g. M) for control/badloadertypes; "
+        "+ skips RELAYCLIENT, - is off",
+    ),
+    Setting(
+        "mimedepth",
+        "QQF_MIMEDEPTH",
+        30,
+        _count,
+        "refuse messages whose MIME nesting is deeper than this (they cannot be checked)",
+    ),
+    Setting(
+        "mimeparts",
+        "QQF_MIMEPARTS",
+        1000,
+        _count,
+        "refuse messages with more MIME parts than this (they cannot be checked)",
+    ),
+    Setting(
+        "archivedepth",
+        "QQF_ARCHIVEDEPTH",
+        2,
+        _bytes,
+        "zip archives looked into, nested up to this depth; 0 = do not open archives",
+    ),
+    Setting(
+        "archivemembers",
+        "QQF_ARCHIVEMEMBERS",
+        1000,
+        _count,
+        "archive members looked at per message; past it, the rest is noted, not checked",
+    ),
+    Setting(
+        "archivemaxsize",
+        "QQF_ARCHIVEMAXSIZE",
+        50_000_000,
+        _bytes,
+        "zip attachments larger than this (decoded) are not opened (noted)",
+    ),
+    Setting(
+        "archiveexpand",
+        "QQF_ARCHIVEEXPAND",
+        100_000_000,
+        _bytes,
+        "bytes decompressed from archives per message, at most (zip bombs stop here)",
     ),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}

@@ -1,0 +1,131 @@
+"""Looking inside zip archives: member names and member heads, at a bounded cost.
+
+The archive is decoded from the spool into a file without a name (never into memory), and
+read with the stdlib's zipfile from its central directory. Of each member only the first
+bytes are decompressed, so a zip bomb costs what its heads cost; a zip inside a zip is opened
+only while the depth, member count and expanded-bytes budgets last. What the budgets stop is
+reported, so policy can judge it.
+"""
+
+import io
+import os
+import zipfile
+from collections.abc import Iterator
+
+from qqfilter.mime import HEAD, Part, Source, clean_base64, decode_base64
+from qqfilter.spool import anonymous_file, write_all
+
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class Member:
+    """One file in an archive: its name (with the names of the archives around it), head."""
+
+    __slots__ = ("encrypted", "head", "name")
+
+    def __init__(self, name: str, head: bytes, encrypted: bool) -> None:
+        self.name = name
+        self.head = head
+        self.encrypted = encrypted
+
+
+class Budget:
+    """What one message may spend on archives; ``exceeded`` says what stopped the look."""
+
+    __slots__ = ("depth", "exceeded", "expanded", "max_expanded", "members")
+
+    def __init__(self, *, depth: int, members: int, expanded: int) -> None:
+        self.depth = depth
+        self.members = members
+        self.max_expanded = expanded
+        self.expanded = 0
+        self.exceeded: list[str] = []
+
+    def note(self, why: str) -> None:
+        if why not in self.exceeded:
+            self.exceeded.append(why)
+
+
+def is_zip(head: bytes) -> bool:
+    return head.startswith(ZIP_MAGIC)
+
+
+def members(source: Source, part: Part, directory: str, budget: Budget) -> Iterator[Member]:
+    """The members of the zip archive in ``part`` (decoded into a nameless file)."""
+    fd = anonymous_file(directory)
+    try:
+        _decode_to(source, part, fd, directory)
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            yield from _walk_zip(stream, part.name or "(zip)", 1, budget)
+    finally:
+        os.close(fd)
+
+
+def _walk_zip(stream, outer: str, depth: int, budget: Budget) -> Iterator[Member]:
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
+        budget.note(f"{outer}: not a readable zip archive")
+        return
+    with archive:
+        for info in archive.infolist():
+            if budget.members <= 0:
+                budget.note("too many archive members")
+                return
+            budget.members -= 1
+            name = f"{outer}/{info.filename}"
+            encrypted = bool(info.flag_bits & 0x1)
+            head = b"" if encrypted else _head(archive, info, budget, name)
+            yield Member(name, head, encrypted)
+            if head and is_zip(head):
+                yield from _inner_zip(archive, info, name, depth, budget)
+
+
+def _head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, name: str) -> bytes:
+    try:
+        with archive.open(info) as member:
+            head = member.read(HEAD)
+    except Exception:  # zipfile raises many kinds on hostile archives; the name still counts
+        budget.note(f"{name}: cannot be read")
+        return b""
+    budget.expanded += len(head)
+    return head
+
+
+def _inner_zip(archive, info, name: str, depth: int, budget: Budget) -> Iterator[Member]:
+    if depth >= budget.depth:
+        budget.note(f"{name}: archives nested deeper than {budget.depth}")
+        return
+    if budget.expanded + info.file_size > budget.max_expanded:
+        budget.note(f"{name}: over the expanded-size budget")
+        return
+    try:
+        with archive.open(info) as member:
+            data = member.read(budget.max_expanded - budget.expanded + 1)
+    except Exception:
+        budget.note(f"{name}: cannot be read")
+        return
+    budget.expanded += len(data)
+    if budget.expanded > budget.max_expanded:
+        budget.note(f"{name}: over the expanded-size budget")
+        return
+    yield from _walk_zip(io.BytesIO(data), name, depth + 1, budget)
+
+
+def _decode_to(source: Source, part: Part, fd: int, directory: str) -> None:
+    """Write the part's body, decoded, to ``fd``, a window at a time."""
+    position, end, carry = part.start, part.end, b""
+    while position < end:
+        raw = source.read(position, min(1 << 20, end - position))
+        if not raw:
+            break
+        position += len(raw)
+        if part.encoding == "base64":
+            data = carry + clean_base64(raw)
+            usable = len(data) - len(data) % 4 if position < end else len(data)
+            carry = data[usable:]
+            decoded = decode_base64(data[:usable] + b"=" * (-usable % 4))
+        else:
+            decoded = raw
+        write_all(fd, decoded, directory)
+    os.lseek(fd, 0, os.SEEK_SET)

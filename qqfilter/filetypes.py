@@ -1,0 +1,84 @@
+"""What kind of file a part's first bytes are, and what kind its name says it is.
+
+Content first: magic numbers for the executable formats (no library needed), then libmagic
+(python-magic, imported on first use) for what has no fixed number at offset 0 (disk images,
+batch files), then, for attachments only, the marks of Windows script hosts (WSH objects in
+JScript/VBScript, HTA, PowerShell download-and-run idioms), which libmagic calls "text".
+"""
+
+import re
+
+_MAGIC_NUMBERS = (
+    (b"MZ", "windows", "DOS/Windows executable (MZ)"),
+    (b"\x7fELF", "elf", "ELF executable"),
+    (b"\xfe\xed\xfa\xce", "macho", "Mach-O executable"),
+    (b"\xfe\xed\xfa\xcf", "macho", "Mach-O executable"),
+    (b"\xce\xfa\xed\xfe", "macho", "Mach-O executable"),
+    (b"\xcf\xfa\xed\xfe", "macho", "Mach-O executable"),
+    (b"\xca\xfe\xba\xbe", "java", "Java class file or Mach-O universal binary"),
+    (b"L\x00\x00\x00\x01\x14\x02\x00", "shortcut", "Windows shortcut (LNK)"),
+)
+_LIBMAGIC = (
+    ("PE32", "windows"),
+    ("MS-DOS executable", "windows"),
+    ("COM executable", "windows"),
+    ("ELF ", "elf"),
+    ("Mach-O", "macho"),
+    ("MS Windows shortcut", "shortcut"),
+    ("DOS batch file", "script"),
+    ("Windows Registry text", "script"),
+    ("ISO 9660", "diskimage"),
+    ("UDF filesystem", "diskimage"),
+    ("DOS/MBR boot sector", "diskimage"),
+    ("Microsoft Disk Image", "diskimage"),
+    ("VHD", "diskimage"),
+    ("Java archive", "java"),
+    ("compiled Java class", "java"),
+)
+_SCRIPT_MARKS = re.compile(
+    rb"<hta:application|wscript\.shell|wscript\.createobject|activexobject\s*\(|"
+    rb"createobject\s*\(\s*\"(?:wscript|shell\.application|scripting\.filesystemobject)|"
+    rb"invoke-expression|\biex\s*\(|-encodedcommand\b|downloadstring\s*\(|"
+    rb"new-object\s+system\.net\.webclient|frombase64string\s*\("
+)
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def content_kind(head: bytes, *, attachment: bool) -> tuple[str, str] | None:
+    """(kind, description) when ``head`` is one of KINDS, else None."""
+    for number, kind, description in _MAGIC_NUMBERS:
+        if head.startswith(number):
+            return kind, description
+    if not head:
+        return None
+    description = _libmagic(head)
+    for mark, kind in _LIBMAGIC:
+        if mark in description:
+            return kind, description.split(",")[0]
+    if attachment and _SCRIPT_MARKS.search(head[:16384].lower()):
+        return "script", "Windows script (WSH, HTA or PowerShell)"
+    return None
+
+
+def _libmagic(head: bytes) -> str:
+    import magic
+
+    try:
+        return magic.from_buffer(head)
+    except Exception:  # libmagic's own failure on odd input: no description, no crash
+        return ""
+
+
+def name_problem(name: str, blocked: frozenset[str]) -> str:
+    """Why the file name ``name`` is refused ("" if it is not): a blocked extension, also
+    behind trailing dots or spaces (Windows drops them), or right-to-left marks that make
+    ``invoice\\u202efdp.exe`` look like ``invoiceexe.pdf``."""
+    if _BIDI.search(name):
+        return "file name holds text-direction marks"
+    base = name.replace("\\", "/").rsplit("/", 1)[-1].rstrip(" .").lower()
+    if "." not in base:
+        return ""
+    extension = base.rsplit(".", 1)[1]
+    if extension in blocked:
+        return f"blocked file name extension .{extension}"
+    return ""

@@ -1,0 +1,80 @@
+"""s/qmail's WarLord tests on base64 bodies: BADMIMETYPE and BADLOADERTYPE.
+
+BADMIMETYPE looks up the first 9 base64 characters of each base64 part in
+control/badmimetypes (``TVqQAAMAA`` is how an MZ executable starts in base64); with ``!`` it
+also refuses base64 with white space inside a line. BADLOADERTYPE=<char> looks, in every line
+of every base64 part, at the 5 characters starting at each <char>, and refuses when they are
+in control/badloadertypes (base64 fragments of loader strings such as "32.dll" at the three
+byte alignments). A value of ``-`` turns a test off; ``+`` turns it off for RELAYCLIENT.
+"""
+
+import re
+
+from qqfilter.mime import Part, Source
+
+SIGNATURE = 9
+FRAGMENT = 5
+_WHITE_INSIDE = re.compile(rb"[ \t][A-Za-z0-9+/=]")
+
+
+class Rules:
+    """The WarLord settings of one connection, with the control files' entries."""
+
+    __slots__ = ("loader_char", "loader_pattern", "mime_types", "white_space")
+
+    def __init__(
+        self,
+        mime_types: frozenset[bytes],
+        white_space: bool,
+        loader_char: bytes,
+        loader_fragments: frozenset[bytes],
+    ) -> None:
+        self.mime_types = mime_types
+        self.white_space = white_space
+        self.loader_char = loader_char
+        fragments = sorted(f for f in loader_fragments if f[:1] == loader_char)
+        self.loader_pattern = (
+            re.compile(b"|".join(re.escape(f) for f in fragments)) if fragments else None
+        )
+
+
+def parse_badmimetype(value: str, relayclient: bool) -> tuple[bool, bool]:
+    """(on, white_space) for a BADMIMETYPE value on this connection."""
+    if not value or "-" in value or ("+" in value and relayclient):
+        return False, False
+    return True, "!" in value
+
+
+def parse_badloadertype(value: str, relayclient: bool) -> bytes:
+    """The loader character for a BADLOADERTYPE value on this connection (b"" = off)."""
+    char = value.replace("+", "")[:1]
+    if not value or value == "-" or ("+" in value and relayclient):
+        return b""
+    return (char or "M").encode("latin-1", "replace")
+
+
+def entries(lines: list[str] | None, length: int) -> frozenset[bytes]:
+    """Control-file lines cut to ``length`` characters (the first word of each line)."""
+    found = set()
+    for line in lines or ():
+        word = line.split()[0] if line.split() else ""
+        if len(word) >= length:
+            found.add(word[:length].encode("ascii", "replace"))
+    return frozenset(found)
+
+
+def check_part(source: Source, part: Part, rules: Rules) -> tuple[str, str] | None:
+    """(tag suffix, why) when the base64 ``part`` fails a WarLord test, else None."""
+    if part.encoding != "base64":
+        return None
+    if rules.mime_types:
+        first = source.read(part.start, 256).lstrip()[:SIGNATURE]
+        if first in rules.mime_types:
+            return "Bad_MIME", f"banned base64 signature {first.decode('ascii', 'replace')}"
+    if rules.white_space and source.search(_WHITE_INSIDE, part.start, part.end, 2):
+        return "Bad_MIME", "white space inside base64"
+    if rules.loader_pattern is not None:
+        found = source.search(rules.loader_pattern, part.start, part.end, FRAGMENT)
+        if found:
+            return "Bad_Loader", f"banned loader fragment {found.decode('ascii', 'replace')}"
+    return None
