@@ -63,18 +63,22 @@ def entries(lines: list[str] | None, length: int) -> frozenset[bytes]:
     return frozenset(found)
 
 
-def check_part(source: Source, part: Part, rules: Rules) -> tuple[str, str] | None:
-    """(tag suffix, why) when the base64 ``part`` fails a WarLord test, else None."""
+def bad_mime(source: Source, part: Part, rules: Rules) -> str:
+    """Why the base64 ``part`` fails BADMIMETYPE ("" if it does not)."""
     if part.encoding != "base64":
-        return None
+        return ""
     if rules.mime_types:
         first = source.read(part.start, 256).lstrip()[:SIGNATURE]
         if first in rules.mime_types:
-            return "Bad_MIME", f"banned base64 signature {first.decode('ascii', 'replace')}"
+            return f"banned base64 signature {first.decode('ascii', 'replace')}"
     if rules.white_space and source.search(_WHITE_INSIDE, part.start, part.end, 2):
-        return "Bad_MIME", "white space inside base64"
-    if rules.loader_pattern is not None:
-        found = source.search(rules.loader_pattern, part.start, part.end, FRAGMENT)
-        if found:
-            return "Bad_Loader", f"banned loader fragment {found.decode('ascii', 'replace')}"
-    return None
+        return "white space inside base64"
+    return ""
+
+
+def bad_loader(source: Source, part: Part, rules: Rules) -> str:
+    """Why the base64 ``part`` fails BADLOADERTYPE ("" if it does not): a scan of its body."""
+    if part.encoding != "base64" or rules.loader_pattern is None:
+        return ""
+    found = source.search(rules.loader_pattern, part.start, part.end, FRAGMENT)
+    return f"banned loader fragment {found.decode('ascii', 'replace')}" if found else ""

@@ -100,17 +100,17 @@ class Clamd:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def mime(*parts: bytes, subject: bytes = b"test") -> bytes:
+def mime(*parts: bytes, subject: bytes = b"test", boundary: bytes = b"=_b1") -> bytes:
     """A multipart/mixed message of ``parts`` (each: headers, blank line, body)."""
     head = (
         b"Received: from mail.example.com (HELO mail.example.com) (192.0.2.1)\n"
         b"  by mx.example.org with SMTP; 24 Nov 2026 10:00:00 -0000\n"
         b"From: Alice <alice@example.com>\nTo: bob@example.org\nSubject: " + subject + b"\n"
-        b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="=_b1"\n\n'
+        b'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="' + boundary + b'"\n\n'
         b"This is a MIME message.\n"
     )
-    body = b"".join(b"--=_b1\n" + part + b"\n" for part in parts)
-    return head + body + b"--=_b1--\n"
+    body = b"".join(b"--" + boundary + b"\n" + part + b"\n" for part in parts)
+    return head + body + b"--" + boundary + b"--\n"
 
 
 TEXT_PART = b"Content-Type: text/plain; charset=utf-8\n\nSee the attachment.\n"
@@ -141,11 +141,11 @@ def forwarded(inner: bytes) -> bytes:
 def samples() -> dict[str, bytes]:
     """EICAR in each wrapping a virus arrives in."""
     return {
-        "plain": mime(TEXT_PART, attachment(EICAR, b"eicar.com", encoding=b"7bit")),
-        "base64": mime(TEXT_PART, attachment(EICAR, b"eicar.com")),
-        "zipped": mime(TEXT_PART, attachment(zipped("docs/eicar.com", EICAR), b"docs.zip")),
+        "plain": mime(TEXT_PART, attachment(EICAR, b"eicar.txt", encoding=b"7bit")),
+        "base64": mime(TEXT_PART, attachment(EICAR, b"eicar.txt")),
+        "zipped": mime(TEXT_PART, attachment(zipped("docs/eicar.txt", EICAR), b"docs.zip")),
         "nested": mime(
             b"Content-Type: text/plain\n\nForwarded message below.\n",
-            forwarded(mime(attachment(EICAR, b"eicar.com"), subject=b"inner")),
+            forwarded(mime(attachment(EICAR, b"eicar.txt"), subject=b"inner", boundary=b"=_b2")),
         ),
     }

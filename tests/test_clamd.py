@@ -125,7 +125,7 @@ def test_the_scan_deadline_bounds_the_whole_scan(qq, spare_clamd):
 def test_clamd_killed_mid_stream_is_71(qq, spare_clamd):
     """clamd is paused, so the stream stalls once the socket buffers fill; then it is killed."""
     spare_clamd.pause()
-    big = mime(TEXT_PART, attachment(b"\x00\x01" * (8 << 20), b"disk.img"))
+    big = mime(TEXT_PART, attachment(b"\x00\x01" * (8 << 20), b"disk.bin"))
     result = {}
     runner = threading.Thread(
         target=lambda: result.update(
