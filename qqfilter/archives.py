@@ -12,10 +12,9 @@ import os
 import zipfile
 from collections.abc import Iterator
 
+from qqfilter.filetypes import ZIP_MAGIC
 from qqfilter.mime import HEAD, Part, Source, clean_base64, decode_base64
 from qqfilter.spool import anonymous_file, write_all
-
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class Member:
@@ -46,10 +45,6 @@ class Budget:
             self.exceeded.append(why)
 
 
-def is_zip(head: bytes) -> bool:
-    return head.startswith(ZIP_MAGIC)
-
-
 def members(source: Source, part: Part, directory: str, budget: Budget) -> Iterator[Member]:
     """The members of the zip archive in ``part`` (decoded into a nameless file)."""
     fd = anonymous_file(directory)
@@ -77,7 +72,7 @@ def _walk_zip(stream, outer: str, depth: int, budget: Budget) -> Iterator[Member
             encrypted = bool(info.flag_bits & 0x1)
             head = b"" if encrypted else _head(archive, info, budget, name)
             yield Member(name, head, encrypted)
-            if head and is_zip(head):
+            if head.startswith(ZIP_MAGIC):
                 yield from _inner_zip(archive, info, name, depth, budget)
 
 

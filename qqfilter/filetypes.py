@@ -8,6 +8,8 @@ JScript/VBScript, HTA, PowerShell download-and-run idioms), which libmagic calls
 
 import re
 
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
 _MAGIC_NUMBERS = (
     (b"MZ", "windows", "DOS/Windows executable (MZ)"),
     (b"\x7fELF", "elf", "ELF executable"),
@@ -45,17 +47,21 @@ _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def content_kind(head: bytes, *, attachment: bool) -> tuple[str, str] | None:
-    """(kind, description) when ``head`` is one of KINDS, else None."""
+    """(kind, description) when ``head`` is one of KINDS, else None.
+
+    Message text that is not an attachment is only checked for executable magic numbers:
+    libmagic and the script marks are for files a user would open.
+    """
     for number, kind, description in _MAGIC_NUMBERS:
         if head.startswith(number):
             return kind, description
-    if not head:
-        return None
+    if not head or not attachment:
+        return None  # message text: only the magic numbers above make it a file
     description = _libmagic(head)
     for mark, kind in _LIBMAGIC:
         if mark in description:
             return kind, description.split(",")[0]
-    if attachment and _SCRIPT_MARKS.search(head[:16384].lower()):
+    if _SCRIPT_MARKS.search(head[:16384].lower()):
         return "script", "Windows script (WSH, HTA or PowerShell)"
     return None
 

@@ -24,6 +24,10 @@ HEAD = 40960
 _B64_JUNK = bytes(c for c in range(256) if not chr(c).isalnum() and chr(c) not in "+/=")
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ([^\r\n]*)\r?$", re.MULTILINE)
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)")
+_PLAIN_TYPE = re.compile(
+    r"\s*(?:text|image|audio|video)/[\w.+-]+\s*(?:;\s*charset=[\w.:-]+\s*)?;?\s*", re.ASCII
+)
+"""A Content-Type with no parameter but a plain charset (no boundary, no name)."""
 
 
 class Part:
@@ -294,6 +298,9 @@ def _describe(fields: dict[str, str], default: str) -> tuple[str, dict[str, str]
     raw_disposition = fields.get("content-disposition", "")
     if raw_type is None and not raw_disposition:
         return default, {}, "", ""
+    if not raw_disposition and _PLAIN_TYPE.fullmatch(raw_type):
+        # the common "text/plain; charset=utf-8": nothing the stdlib would read otherwise
+        return raw_type.split(";")[0].strip().lower(), {}, "", ""
     from email.message import Message
 
     header = Message()

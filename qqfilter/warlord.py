@@ -37,6 +37,25 @@ class Rules:
             re.compile(b"|".join(re.escape(f) for f in fragments)) if fragments else None
         )
 
+    def bad_mime(self, source: Source, part: Part) -> str:
+        """Why the base64 ``part`` fails BADMIMETYPE ("" if it does not)."""
+        if part.encoding != "base64":
+            return ""
+        if self.mime_types:
+            first = source.read(part.start, 256).lstrip()[:SIGNATURE]
+            if first in self.mime_types:
+                return f"banned base64 signature {first.decode('ascii', 'replace')}"
+        if self.white_space and source.search(_WHITE_INSIDE, part.start, part.end, 2):
+            return "white space inside base64"
+        return ""
+
+    def bad_loader(self, source: Source, part: Part) -> str:
+        """Why the base64 ``part`` fails BADLOADERTYPE ("" if not): a scan of its body."""
+        if part.encoding != "base64" or self.loader_pattern is None:
+            return ""
+        found = source.search(self.loader_pattern, part.start, part.end, FRAGMENT)
+        return f"banned loader fragment {found.decode('ascii', 'replace')}" if found else ""
+
 
 def parse_badmimetype(value: str, relayclient: bool) -> tuple[bool, bool]:
     """(on, white_space) for a BADMIMETYPE value on this connection."""
@@ -61,24 +80,3 @@ def entries(lines: list[str] | None, length: int) -> frozenset[bytes]:
         if len(word) >= length:
             found.add(word[:length].encode("ascii", "replace"))
     return frozenset(found)
-
-
-def bad_mime(source: Source, part: Part, rules: Rules) -> str:
-    """Why the base64 ``part`` fails BADMIMETYPE ("" if it does not)."""
-    if part.encoding != "base64":
-        return ""
-    if rules.mime_types:
-        first = source.read(part.start, 256).lstrip()[:SIGNATURE]
-        if first in rules.mime_types:
-            return f"banned base64 signature {first.decode('ascii', 'replace')}"
-    if rules.white_space and source.search(_WHITE_INSIDE, part.start, part.end, 2):
-        return "white space inside base64"
-    return ""
-
-
-def bad_loader(source: Source, part: Part, rules: Rules) -> str:
-    """Why the base64 ``part`` fails BADLOADERTYPE ("" if it does not): a scan of its body."""
-    if part.encoding != "base64" or rules.loader_pattern is None:
-        return ""
-    found = source.search(rules.loader_pattern, part.start, part.end, FRAGMENT)
-    return f"banned loader fragment {found.decode('ascii', 'replace')}" if found else ""

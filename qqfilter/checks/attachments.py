@@ -47,11 +47,11 @@ def check(message: Message, settings: Settings) -> Finding | None:
 
 
 def _judge_part(source, part, settings: Settings, blockkinds, rules, notes) -> Finding | None:
-    from qqfilter import archives, filetypes, warlord
+    from qqfilter import filetypes
 
     label = f'"{part.name}"' if part.name else f"part {part.path}"
     detail = f"part {part.path} {part.content_type} {part.encoding or '7bit'}"
-    why = warlord.bad_mime(source, part, rules) if rules else ""
+    why = rules.bad_mime(source, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_MIME")
     if part.name and settings.blockext:
@@ -62,10 +62,10 @@ def _judge_part(source, part, settings: Settings, blockkinds, rules, notes) -> F
         kind = filetypes.content_kind(part.head, attachment=part.is_attachment)
         if kind and kind[0] in blockkinds:
             return _refuse(f"attachment {label}: {kind[1]}", f"{detail}: {kind[0]}")
-    why = warlord.bad_loader(source, part, rules) if rules else ""
+    why = rules.bad_loader(source, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
-    if settings.archivedepth and archives.is_zip(part.head):
+    if settings.archivedepth and part.head.startswith(filetypes.ZIP_MAGIC):
         return _judge_archive(source, part, settings, blockkinds, label, detail, notes)
     return None
 
@@ -112,6 +112,8 @@ def _refuse(reason: str, detail: str, tag: str = "MIME_Attach") -> Finding:
 
 def _warlord_rules(settings: Settings, relayclient: bool):
     """The WarLord rules for this connection, or None when both tests are off."""
+    if not (settings.badmimetype or settings.badloadertype):
+        return None
     from qqfilter import warlord
 
     mime_on, white_space = warlord.parse_badmimetype(settings.badmimetype, relayclient)
