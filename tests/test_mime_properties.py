@@ -1,0 +1,106 @@
+"""Property-based tests of the MIME walk and the attachment check (hypothesis).
+
+Random and mutated MIME goes in; the walk must never raise, must end in bounded time, and
+a message it cannot make sense of must still get a verdict from the check, not a crash.
+"""
+
+import base64
+import os
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from qqfilter.checks import attachments
+from qqfilter.envelope import parse
+from qqfilter.message import Connection, Message
+from qqfilter.mime import Source, Walk
+from qqfilter.settings import Settings
+from qqfilter.spool import Spool, anonymous_file, write_all
+
+BOUNDARIES = [b"b1", b"b2", b"=_x", b"b1b1"]
+TYPES = [b"text/plain", b"text/html", b"application/octet-stream", b"image/png", b"message/rfc822"]
+ENCODINGS = [b"base64", b"quoted-printable", b"7bit", b"x-uuencode", b"b\xffse64", b""]
+
+
+@st.composite
+def entity(draw, depth: int = 0) -> bytes:
+    """A MIME entity, well-formed or not."""
+    if depth < 4 and draw(st.booleans()):
+        boundary = draw(st.sampled_from(BOUNDARIES))
+        children = draw(st.lists(entity(depth + 1), max_size=4))
+        close = draw(st.sampled_from([b"--" + boundary + b"--\n", b"", b"--" + boundary + b"\n"]))
+        head = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\n\n'
+        return head + b"".join(b"--" + boundary + b"\n" + c + b"\n" for c in children) + close
+    ctype = draw(st.sampled_from(TYPES))
+    encoding = draw(st.sampled_from(ENCODINGS))
+    name = draw(st.sampled_from([b"", b'; name="a.pdf"', b"; name*=utf-8''%E2%80%AE.exe", b";;="]))
+    payload = draw(st.binary(max_size=300))
+    if encoding == b"base64":
+        payload = base64.encodebytes(payload)
+    headers = b"Content-Type: " + ctype + name + b"\n"
+    if encoding:
+        headers += b"Content-Transfer-Encoding: " + encoding + b"\n"
+    return headers + b"\n" + payload
+
+
+@st.composite
+def mutated(draw) -> bytes:
+    """An entity, then cut, spliced with junk, or with bytes flipped."""
+    data = bytearray(draw(entity()))
+    for _ in range(draw(st.integers(0, 4))):
+        if not data:
+            break
+        at = draw(st.integers(0, len(data) - 1))
+        action = draw(st.sampled_from(["cut", "junk", "flip", "dup"]))
+        if action == "cut":
+            del data[at:]
+        elif action == "junk":
+            data[at:at] = draw(st.binary(min_size=1, max_size=20))
+        elif action == "flip":
+            data[at] ^= draw(st.integers(1, 255))
+        else:
+            data[at:at] = data[: draw(st.integers(0, min(at, 200)))]
+    return bytes(data)
+
+
+def spool_of(data: bytes, directory: str) -> Spool:
+    fd = anonymous_file(directory)
+    write_all(fd, data, directory)
+    return Spool(fd, len(data))
+
+
+PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROPERTY
+@given(st.one_of(mutated(), st.binary(max_size=2000)))
+def test_the_walk_never_raises_and_ends_quickly(data):
+    directory = os.environ.get("TMPDIR", "/tmp")
+    spool = spool_of(data, directory)
+    try:
+        started = time.monotonic()
+        walk = Walk(Source(spool.fd, spool.size), max_depth=8, max_parts=50)
+        parts = list(walk)
+        assert time.monotonic() - started < 2
+        assert len(parts) <= 50
+        for part in parts:
+            assert 0 <= part.start <= part.end <= len(data) or part.encoding == "x-uuencode"
+            assert isinstance(part.name, str)
+    finally:
+        spool.close()
+
+
+@PROPERTY
+@given(mutated())
+def test_the_check_always_gives_a_verdict(data):
+    directory = os.environ.get("TMPDIR", "/tmp")
+    spool = spool_of(data, directory)
+    try:
+        message = Message(
+            spool, parse(b"Fa@example.com\0Tb@example.org\0\0"), Connection("192.0.2.1")
+        )
+        found = attachments.check(message, Settings.defaults())
+        assert found is None or found.outcome in ("clean", "refuse")
+    finally:
+        spool.close()
