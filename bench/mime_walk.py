@@ -133,7 +133,7 @@ def main() -> None:
         baseline = peak(big, "nothing", str(home))
         size = big.stat().st_size / 1e6
         print(
-            f"{size:.1f} MB message, peak RSS of a fresh process (python alone: "
+            f"{size:.1f} MB message, peak RSS of a fresh process (its imports alone: "
             f"{baseline / 1024:.1f} MB):"
         )
         print(f"  walk                      {peak(big, 'walk', str(home)) / 1024:8.1f} MB")
