@@ -23,7 +23,6 @@ _MAGIC_NUMBERS = (
 _LIBMAGIC = (
     ("PE32", "windows"),
     ("MS-DOS executable", "windows"),
-    ("COM executable", "windows"),
     ("ELF ", "elf"),
     ("Mach-O", "macho"),
     ("MS Windows shortcut", "shortcut"),
@@ -31,9 +30,8 @@ _LIBMAGIC = (
     ("Windows Registry text", "script"),
     ("ISO 9660", "diskimage"),
     ("UDF filesystem", "diskimage"),
-    ("DOS/MBR boot sector", "diskimage"),
+    ("FAT (", "diskimage"),  # a FAT file system image; a bare boot-sector mark is too weak
     ("Microsoft Disk Image", "diskimage"),
-    ("VHD", "diskimage"),
     ("Java archive", "java"),
     ("compiled Java class", "java"),
 )

