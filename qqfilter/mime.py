@@ -21,7 +21,9 @@ MAX_HEADER = 65536
 HEAD = 40960
 """Decoded bytes kept per part: enough for libmagic, including an ISO 9660 signature."""
 
-_B64_JUNK = bytes(c for c in range(256) if not chr(c).isalnum() and chr(c) not in "+/=")
+_B64_JUNK = bytes(
+    c for c in range(256) if not (c < 128 and chr(c).isalnum()) and chr(c) not in "+/="
+)
 _UU_BEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ([^\r\n]*)\r?$", re.MULTILINE)
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:(.*)")
 _PLAIN_TYPE = re.compile(
@@ -309,14 +311,33 @@ def _describe(fields: dict[str, str], default: str) -> tuple[str, dict[str, str]
         header["Content-Type"] = raw_type
     if raw_disposition:
         header["Content-Disposition"] = raw_disposition
-    content_type = header.get_content_type() if raw_type is not None else default
-    params = {}
-    boundary = header.get_boundary()
-    if boundary:
-        params["boundary"] = boundary
-    name = header.get_filename() or ""
-    disposition = (header.get_content_disposition() or "") if raw_disposition else ""
+    try:
+        content_type = header.get_content_type() if raw_type is not None else default
+        boundary = header.get_boundary()
+        name = header.get_filename() or ""
+        disposition = (header.get_content_disposition() or "") if raw_disposition else ""
+    except Exception:  # the stdlib on hostile parameters (a NUL in a charset): read them raw
+        return _describe_raw(raw_type or "", raw_disposition, default)
+    params = {"boundary": boundary} if boundary else {}
     return content_type, params, _decode_words(str(name)), disposition
+
+
+_RAW_TYPE = re.compile(r"\s*([\w.+-]+/[\w.+-]+)", re.ASCII)
+_RAW_PARAM = re.compile(r'(?:^|;)\s*(boundary|filename|name)(?:\*\d*)?\*?\s*=\s*"?([^";]*)', re.I)
+
+
+def _describe_raw(raw_type: str, raw_disposition: str, default: str):
+    """What ``_describe`` gives, read without the stdlib: names as written (still checked)."""
+    matched = _RAW_TYPE.match(raw_type)
+    content_type = matched.group(1).lower() if matched else default
+    found = {}
+    for text in (raw_type, raw_disposition):
+        for key, value in _RAW_PARAM.findall(text):
+            found.setdefault(key.lower(), value.strip())
+    params = {"boundary": found["boundary"]} if found.get("boundary") else {}
+    name = found.get("filename") or found.get("name") or ""
+    disposition = raw_disposition.split(";")[0].strip().lower()
+    return content_type, params, name, disposition
 
 
 def _decode_words(name: str) -> str:

@@ -2,13 +2,16 @@
 
 Random and mutated MIME goes in; the walk must never raise, must end in bounded time, and
 a message it cannot make sense of must still get a verdict from the check, not a crash.
+The test command runs a fixed set of cases; a long fuzz run explores new ones:
+
+    QQF_FUZZ_EXAMPLES=20000 .venv/bin/python -m pytest tests/test_mime_properties.py
 """
 
 import base64
 import os
 import time
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from qqfilter.checks import attachments
@@ -70,7 +73,13 @@ def spool_of(data: bytes, directory: str) -> Spool:
     return Spool(fd, len(data))
 
 
-PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXAMPLES = int(os.environ.get("QQF_FUZZ_EXAMPLES", "0"))
+PROPERTY = settings(
+    max_examples=EXAMPLES or 300,
+    derandomize=not EXAMPLES,  # the test command repeats the same cases; a long run explores
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @PROPERTY
@@ -93,6 +102,8 @@ def test_the_walk_never_raises_and_ends_quickly(data):
 
 @PROPERTY
 @given(mutated())
+@example(b"Content-Type: text/plain; name*=\x00utf-8''%E2%80%AE.exe\n\n")  # found in CI
+@example(b"Content-Transfer-Encoding: base64\n\n/\xb9--b1--\n")  # found by a local run
 def test_the_check_always_gives_a_verdict(data):
     directory = os.environ.get("TMPDIR", "/tmp")
     spool = spool_of(data, directory)
