@@ -197,39 +197,44 @@ class Walk:
     def _multipart(
         self, body: int, end: int, boundary: str, path: str, depth: int, content_type: str
     ) -> Iterator[Part]:
+        """The parts between delimiter lines, each walked as soon as its end is found (so
+        a message of a million empty parts costs no memory); no closing delimiter means the
+        last part runs to the end."""
         delimiter = b"--" + boundary.encode("latin-1", "replace")
-        starts = []
+        child_default = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
+        part_start = -1
+        index = 0
         position = body
-        closed = False
-        while position < end:
-            found = self._delimiter(delimiter, position, end)
+        while True:
+            found = self._delimiter(delimiter, position, end, at_line_start=position == body)
+            if part_start >= 0:
+                part_end = _before_line_end(self.source, part_start, found if found >= 0 else end)
+                child = f"{path}.{index}" if depth else str(index)
+                yield from self._entity(part_start, part_end, child, depth + 1, child_default)
+                if self.count > self.max_parts or self.limits:
+                    return
             if found < 0:
                 break
-            line_end = self.source.find(b"\n", found, end)
             after = found + len(delimiter)
-            is_close = self.source.read(after, 2) == b"--"
-            starts.append((found, line_end + 1 if line_end >= 0 else end))
-            if is_close:
-                closed = True
-                break
+            if self.source.read(after, 2) == b"--":
+                break  # the closing delimiter
+            line_end = self.source.find(b"\n", after, end)
+            part_start = line_end + 1 if line_end >= 0 else end
+            index += 1
             position = after
-        if not starts:  # no delimiter at all: the body is one part of the default type
+        if index == 0 and part_start < 0:  # no delimiter: the body is one part
             yield from self._leaf_without_structure(body, end, path, content_type)
-            return
-        child_default = "message/rfc822" if content_type == "multipart/digest" else "text/plain"
-        for index, (_, part_start) in enumerate(starts):
-            if closed and index == len(starts) - 1:
-                break
-            part_end = starts[index + 1][0] if index + 1 < len(starts) else end
-            part_end = _before_line_end(self.source, part_start, part_end)
-            child = f"{path}.{index + 1}" if depth else str(index + 1)
-            yield from self._entity(part_start, part_end, child, depth + 1, child_default)
 
-    def _delimiter(self, delimiter: bytes, start: int, end: int) -> int:
-        """The next line starting with ``delimiter`` followed by "--", white space or EOL."""
+    def _delimiter(self, delimiter: bytes, start: int, end: int, *, at_line_start: bool) -> int:
+        """The next line starting with ``delimiter`` followed by "--", white space or EOL;
+        ``start`` itself counts as a line start only when ``at_line_start``."""
         position = start
         while position < end:
-            if position == start and self.source.read(position, len(delimiter)) == delimiter:
+            if (
+                at_line_start
+                and position == start
+                and (self.source.read(position, len(delimiter)) == delimiter)
+            ):
                 found = position
             else:
                 found = self.source.find(b"\n" + delimiter, position, end)
