@@ -1,4 +1,4 @@
-"""Subcommands for people: ``qqfilter test`` and ``qqfilter config``."""
+"""Subcommands for people: ``qqfilter test``, ``config``, ``replay`` and ``stats``."""
 
 import argparse
 import os
@@ -52,6 +52,31 @@ def dispatch(args: list[str]) -> int:
 
     config = sub.add_parser("config", help="print the effective settings and where they come from")
     config.set_defaults(run=_config)
+
+    replay = sub.add_parser(
+        "replay",
+        help="what the filter would do to mail already received (never queues)",
+        description="Replay message files (with X.env envelopes beside them), directories, "
+        "maildirs, mbox files and qmail queue directories through the filter, dry.",
+    )
+    replay.add_argument("sources", nargs="+", metavar="SOURCE")
+    replay.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender for all")
+    replay.add_argument(
+        "--to",
+        dest="recipients",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help="envelope recipient for all (repeat for more)",
+    )
+    replay.add_argument("--ip", help="client address for all (else from the Received line)")
+    replay.add_argument("--helo", help="HELO name for all (with --ip)")
+    replay.add_argument("--relayclient", action="store_true", help="as if RELAYCLIENT were set")
+    replay.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes")
+    output = replay.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON lines, then a summary line")
+    output.add_argument("--csv", action="store_true", help="CSV rows, then the summary rows")
+    replay.set_defaults(run=_replay)
 
     options = parser.parse_args(args)
     return options.run(options)
@@ -126,6 +151,76 @@ def _show(result: dryrun.Result, settings: Settings) -> None:
         lines.append(("headers", headers or "(none added)"))
     for label, value in lines:
         print(f"{label + ':':<11}{value}")
+
+
+def _replay(options: argparse.Namespace) -> int:
+    """Replay the sources; exit 1 if a source could not be read (the run goes on), 0 else."""
+    from qqfilter import replay, sources
+
+    settings, errors = load(dict(os.environ))
+    if errors:
+        for error in errors:
+            print(f"qqfilter: {error}", file=sys.stderr)
+        return 1
+    how = replay.Options(
+        options.sender, options.recipients, options.ip, options.helo, options.relayclient
+    )
+    found = list(sources.items(options.sources))
+    progress = replay.Progress(len(found))
+    records = []
+    writer = _record_writer(options)
+    for record in replay.replay(found, how, settings, max(1, options.jobs)):
+        records.append(record)
+        writer(record)
+        progress.step()
+    progress.end()
+    _write_summary(options, replay.summary(records))
+    return 1 if any(r["verdict"] == "unreadable" for r in records) else 0
+
+
+def _record_writer(options: argparse.Namespace):
+    from qqfilter.replay import FIELDS
+
+    if options.json:
+        import json
+
+        return lambda record: print(json.dumps(record, ensure_ascii=True))
+    if options.csv:
+        import csv
+
+        out = csv.writer(sys.stdout)
+        out.writerow(FIELDS)
+        return lambda record: out.writerow([record[f] for f in FIELDS])
+
+    def text(record: dict[str, object]) -> None:
+        words = [str(record["verdict"]), str(record["source"])]
+        words += [str(record[f]) for f in ("tag", "reason") if record[f]]
+        print("  ".join(words))
+
+    return text
+
+
+def _write_summary(options: argparse.Namespace, counts: dict[str, dict[str, int]]) -> None:
+    if options.json:
+        import json
+
+        print(json.dumps({"summary": counts}, ensure_ascii=True))
+        return
+    if options.csv:
+        import csv
+
+        out = csv.writer(sys.stdout)
+        out.writerow(["summary", "name", "count"])
+        for kind, table in counts.items():
+            for name, count in sorted(table.items()):
+                out.writerow([kind, name, count])
+        return
+    for kind, title in (("verdicts", "verdict"), ("tags", "tag"), ("derived", "derived")):
+        if not counts[kind]:
+            continue
+        print(f"\n{title:<60} {'count':>7}")
+        for name, count in sorted(counts[kind].items(), key=lambda pair: (-pair[1], pair[0])):
+            print(f"{name:<60} {count:>7}")
 
 
 def _config(options: argparse.Namespace) -> int:

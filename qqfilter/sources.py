@@ -1,0 +1,211 @@
+"""Where replayed mail comes from: message files, directories, maildirs, mbox files, and a
+qmail queue read in place; and what is known of each message's envelope and client.
+
+Nothing here writes to a source. A message file ``X`` (any name) has its envelope, when it
+has one, in ``X.env`` beside it, or in the same name with ``.env`` for its suffix
+(``spam.eml`` -> ``spam.env``), as ``qqfilter test`` reads them. A qmail queue is read as
+qmail lays it out: ``mess/N/inode`` the message, ``info/N/inode`` its sender (``F<sender>\\0``),
+``local/N/inode`` and ``remote/N/inode`` its recipients (``T<address>\\0`` each).
+Where a source has no envelope or client address, they are derived from the message's
+headers (Return-Path, Delivered-To or To/Cc; qmail-smtpd's Received line), and each Item
+says which.
+"""
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from qqfilter import envelope as envelope_format
+
+HEAD = 65536
+WINDOW = 1 << 20
+_RECEIVED = re.compile(
+    rb"^Received: from ([A-Za-z0-9.@%+/=:?-]*)(?: \(HELO ([A-Za-z0-9.@%+/=:?-]*)\))?"
+    rb" \((?:[A-Za-z0-9.@%+/=:?-]*@)?([0-9A-Fa-f.:]+)\)",
+    re.MULTILINE | re.IGNORECASE,
+)
+_ADDRESS = re.compile(rb"<([^<>\s]*)>|([^\s,<>\"()]+@[^\s,<>\"()]+)")
+
+
+class Item:
+    """One message to replay. ``path`` (and for mbox, ``offset``/``length``) say where its
+    bytes are; ``envelope`` is qmail's raw envelope or None (to be derived); ``why`` is set
+    when the source cannot be read at all."""
+
+    __slots__ = ("envelope", "helo", "ip", "label", "length", "offset", "origin", "path", "why")
+
+    def __init__(self, label: str, path: str, *, offset: int = 0, length: int = -1) -> None:
+        self.label = label
+        self.path = path
+        self.offset = offset
+        self.length = length
+        self.envelope: bytes | None = None
+        self.ip: str | None = None
+        self.helo: str | None = None
+        self.origin = ""
+        self.why = ""
+
+
+def items(sources: list[str]) -> Iterator[Item]:
+    """Every message in ``sources``, in a stable order (so two runs compare line by line)."""
+    for source in sources:
+        path = Path(source)
+        try:
+            if path.is_dir():
+                yield from _directory(path)
+            elif path.is_file() and _is_mbox(path):
+                yield from _mbox(path)
+            elif path.is_file():
+                yield _file(path)
+            else:
+                yield _unreadable(source, "no such file or directory")
+        except OSError as exc:
+            yield _unreadable(source, exc.strerror or str(exc))
+
+
+def _unreadable(label: str, why: str) -> Item:
+    item = Item(label, label)
+    item.why = why
+    return item
+
+
+def _directory(path: Path) -> Iterator[Item]:
+    if (path / "mess").is_dir() and (path / "info").is_dir():
+        yield from _queue(path)
+    elif (path / "cur").is_dir() and (path / "new").is_dir():
+        for sub in ("new", "cur"):
+            for entry in sorted((path / sub).iterdir()):
+                if entry.is_file():
+                    yield Item(str(entry), str(entry))
+    else:
+        for entry in sorted(path.iterdir()):
+            if entry.suffix == ".env" or entry.name.startswith("."):
+                continue
+            if entry.is_dir():
+                yield from _directory(entry)
+            elif entry.is_file() and _is_mbox(entry):
+                yield from _mbox(entry)
+            elif entry.is_file():
+                yield _file(entry)
+
+
+def _file(path: Path) -> Item:
+    item = Item(str(path), str(path))
+    for beside in (Path(f"{path}.env"), path.with_suffix(".env")):
+        if beside != path and beside.is_file():
+            item.envelope = beside.read_bytes()
+            item.origin = f"envelope from {beside.name}"
+            break
+    return item
+
+
+def _is_mbox(path: Path) -> bool:
+    with open(path, "rb") as stream:
+        return stream.read(5) == b"From "
+
+
+def _mbox(path: Path) -> Iterator[Item]:
+    """The messages of an mbox file: from each ``From `` line at a line start to the next,
+    the ``From `` line itself left out."""
+    size = path.stat().st_size
+    with open(path, "rb") as stream:
+        fd = stream.fileno()
+        starts = [0]
+        position = 0
+        while position < size:
+            window = os.pread(fd, WINDOW + 5, position)
+            found = window.find(b"\nFrom ")
+            while found >= 0:
+                starts.append(position + found + 1)
+                found = window.find(b"\nFrom ", found + 1)
+            position += WINDOW
+        for number, start in enumerate(starts, 1):
+            end = starts[number] if number < len(starts) else size
+            line_end = _line_end(fd, start, end)
+            yield Item(f"{path}:{number}", str(path), offset=line_end, length=end - line_end)
+
+
+def _line_end(fd: int, start: int, end: int) -> int:
+    head = os.pread(fd, min(4096, end - start), start)
+    newline = head.find(b"\n")
+    return start + newline + 1 if newline >= 0 else end
+
+
+def _queue(path: Path) -> Iterator[Item]:
+    mess = path / "mess"
+    for split in sorted(mess.iterdir(), key=lambda p: (len(p.name), p.name)):
+        if not split.is_dir():
+            continue
+        for entry in sorted(split.iterdir(), key=lambda p: (len(p.name), p.name)):
+            item = Item(f"{path}/mess/{split.name}/{entry.name}", str(entry))
+            relative = Path(split.name) / entry.name
+            try:
+                info = (path / "info" / relative).read_bytes()
+            except OSError:
+                info = b""
+            recipients = []
+            for kind in ("local", "remote"):
+                try:
+                    records = (path / kind / relative).read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                # qmail-send turns T into D once a recipient is done: both were recipients
+                recipients += [r[1:] for r in records if r[:1] in (b"T", b"D")]
+            if info.startswith(b"F") and recipients:
+                sender = info.split(b"\0")[0][1:]
+                item.envelope = envelope_format.serialize(sender, recipients)
+                item.origin = "envelope from the queue (info/, local/, remote/)"
+            yield item
+
+
+def read(item: Item) -> bytes:
+    """The message bytes of ``item``."""
+    with open(item.path, "rb") as stream:
+        if item.length < 0:
+            return stream.read()
+        return os.pread(stream.fileno(), item.length, item.offset)
+
+
+def complete(item: Item, data: bytes, sender: str | None, recipients: list[str]) -> str:
+    """Fill in the envelope and client of ``item`` from options, else from the headers of
+    ``data``; returns what was derived, in words ("" when nothing needed to be)."""
+    said = []
+    head = data[:HEAD].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    if sender is not None or recipients:
+        item.envelope = envelope_format.serialize(
+            (sender or "").encode("utf-8", "surrogateescape"),
+            [r.encode("utf-8", "surrogateescape") for r in recipients] or [b"postmaster"],
+        )
+        said.append("envelope from options")
+    elif item.envelope is None:
+        found_sender = _header_addresses(head, b"return-path")[:1]
+        found_recipients = _header_addresses(head, b"delivered-to") or (
+            _header_addresses(head, b"to") + _header_addresses(head, b"cc")
+        )
+        item.envelope = envelope_format.serialize(
+            found_sender[0] if found_sender else b"", found_recipients or [b"postmaster"]
+        )
+        said.append("envelope from headers (Return-Path, Delivered-To or To/Cc)")
+    if item.ip is None:
+        match = _RECEIVED.search(head)
+        if match:
+            item.ip = match.group(3).decode("ascii")
+            helo = match.group(2) if match.group(2) is not None else match.group(1)
+            item.helo = helo.decode("ascii")
+            said.append("client from qmail-smtpd's Received line")
+        else:
+            said.append("no client address: treated as local mail")
+    return "; ".join(said)
+
+
+def _header_addresses(head: bytes, name: bytes) -> list[bytes]:
+    """The addresses in every ``name:`` header of ``head`` (unfolded), in order."""
+    found = []
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
+    for line in unfolded.split(b"\n"):
+        field, colon, value = line.partition(b":")
+        if colon and field.strip().lower() == name:
+            for angle, bare in _ADDRESS.findall(value):
+                found.append(angle if angle or not bare else bare)
+    return found
