@@ -78,6 +78,17 @@ def dispatch(args: list[str]) -> int:
     output.add_argument("--csv", action="store_true", help="CSV rows, then the summary rows")
     replay.set_defaults(run=_replay)
 
+    stats = sub.add_parser(
+        "stats",
+        help="counts per verdict and tag over time, from qqfilter's (and qmail-send's) logs",
+    )
+    stats.add_argument("logs", nargs="+", metavar="LOG", help="log files (.gz too; - = stdin)")
+    stats.add_argument("--by", choices=("hour", "day"), default="day", help="the period")
+    stats.add_argument("--mrtg", metavar="NAME", help="print the four lines MRTG reads")
+    stats.add_argument("--plot", metavar="FILE.png", help="draw the counts (needs matplotlib)")
+    stats.add_argument("--json", action="store_true", help="the counts as one JSON object")
+    stats.set_defaults(run=_stats)
+
     options = parser.parse_args(args)
     return options.run(options)
 
@@ -221,6 +232,78 @@ def _write_summary(options: argparse.Namespace, counts: dict[str, dict[str, int]
         print(f"\n{title:<60} {'count':>7}")
         for name, count in sorted(counts[kind].items(), key=lambda pair: (-pair[1], pair[0])):
             print(f"{name:<60} {count:>7}")
+
+
+def _stats(options: argparse.Namespace) -> int:
+    """Read the logs; print the counts (or MRTG's lines); draw them if asked."""
+    from qqfilter import logread, stats
+
+    counted = stats.Stats(options.by)
+    try:
+        for line in logread.lines(options.logs):
+            counted.feed(line)
+    except OSError as exc:
+        print(f"qqfilter: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if options.plot:
+        try:
+            stats.plot(counted, options.plot)
+        except ImportError:
+            print(
+                "qqfilter: --plot needs matplotlib: pip install 'qqfilter[plot]'", file=sys.stderr
+            )
+            return 1
+    if options.mrtg:
+        print("\n".join(counted.mrtg(options.mrtg)))
+    elif options.json:
+        import json
+
+        bounces = counted.bounces
+        print(
+            json.dumps(
+                {
+                    "counts": [
+                        dict(zip(("period", "verdict", "tag", "count"), row, strict=True))
+                        for row in counted.table()
+                    ],
+                    "totals": dict(counted.totals()),
+                    "bounces": {
+                        "generated": dict(bounces.generated),
+                        "results": {p: dict(c) for p, c in bounces.results.items()},
+                        "recipients": dict(bounces.recipients.most_common(20)),
+                    },
+                },
+                ensure_ascii=True,
+            )
+        )
+    else:
+        _print_stats(counted)
+    return 0
+
+
+def _print_stats(counted) -> None:
+    print(f"{'period':<17} {'verdict':<10} {'tag':<40} {'count':>7}")
+    for period, verdict, tag, count in counted.table():
+        print(f"{period:<17} {verdict:<10} {tag:<40} {count:>7}")
+    totals = counted.totals()
+    print(
+        f"\ntotal: {sum(totals.values())}  "
+        + "  ".join(f"{v}: {n}" for v, n in sorted(totals.items()))
+    )
+    bounces = counted.bounces
+    if not bounces.seen:
+        return
+    print(f"\n{'period':<17} {'bounces sent':>12} {'delivered':>10} {'failed':>7} {'deferred':>9}")
+    for period in sorted(set(bounces.generated) | set(bounces.results)):
+        results = bounces.results[period]
+        print(
+            f"{period:<17} {bounces.generated[period]:>12} {results['success']:>10} "
+            f"{results['failure']:>7} {results['deferral']:>9}"
+        )
+    if bounces.recipients:
+        print("\nbounces went to (most first):")
+        for recipient, count in bounces.recipients.most_common(10):
+            print(f"  {count:>6}  {recipient}")
 
 
 def _config(options: argparse.Namespace) -> int:
