@@ -181,14 +181,15 @@ class Walk:
                 position = newline + 1
                 break
             if line[:1] in (b" ", b"\t") and current is not None:
-                fields[current] += " " + line.strip().decode("latin-1")
+                if current:  # a continuation of a field that counts
+                    fields[current] += " " + line.strip().decode("latin-1")
             else:
                 match = _FIELD.fullmatch(line)
                 if not match:
                     break  # not a header line: the body starts here (a part with no headers)
                 current = match.group(1).decode("ascii").lower()
                 if current in fields:
-                    current = None  # later copies of a field are not believed
+                    current = ""  # later copies of a field are not believed, nor continued
                 else:
                     fields[current] = match.group(2).strip().decode("latin-1")
             position = newline + 1

@@ -367,3 +367,12 @@ def test_random_binary_data_is_not_taken_for_an_executable():
         if kind:
             flagged.append(kind)
     assert flagged == []
+
+
+def test_repeated_folded_header_fields_do_not_end_the_headers(qq):
+    """Real mail has many folded Received lines; a later copy's continuation is still header."""
+    received = b"Received: from a (HELO a) (192.0.2.1)\n  by mx with SMTP; date\n"
+    message = received * 3 + mime(TEXT_PART, part(PE, b"report.pdf"))
+    out = qq.submit(message, ENV)
+    assert_clean_failure(out, 31)
+    assert "DOS/Windows executable" in out.field("reason")
