@@ -121,7 +121,7 @@ def summary(records: list[dict[str, object]]) -> dict[str, dict[str, int]]:
 
 
 class Progress:
-    """``replayed N/M`` on a terminal's stderr, redrawn in place; nothing when piped."""
+    """A bar with ``N/M`` on a terminal's stderr, redrawn in place; nothing when piped."""
 
     def __init__(self, total: int) -> None:
         self.total = total
@@ -131,7 +131,9 @@ class Progress:
     def step(self) -> None:
         self.done += 1
         if self.shown and (self.done % 25 == 0 or self.done == self.total):
-            sys.stderr.write(f"\rreplayed {self.done}/{self.total}")
+            filled = 30 * self.done // self.total
+            bar = "#" * filled + "." * (30 - filled)
+            sys.stderr.write(f"\rreplay [{bar}] {self.done}/{self.total}")
             sys.stderr.flush()
 
     def end(self) -> None:

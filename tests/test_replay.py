@@ -206,3 +206,25 @@ def test_no_progress_bar_when_piped(tmp_path, jobs):
     assert out.stderr == ""
     assert "replayed" not in out.stdout
     assert os.path.isdir(queue)
+
+
+def test_a_progress_bar_on_a_terminal(tmp_path):
+    import pty
+
+    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 30)
+    controller, terminal = pty.openpty()
+    try:
+        out = subprocess.run(
+            [QQFILTER, "replay", str(queue)],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            env={"PATH": "/usr/bin:/bin", "QQF_CONFIG": "/dev/null"},
+            timeout=120,
+        )
+        shown = os.read(controller, 65536).decode()
+    finally:
+        os.close(controller)
+        os.close(terminal)
+    assert out.returncode == 0
+    assert "\rreplay [#########################.....] 25/30" in shown
+    assert shown.endswith("\rreplay [" + "#" * 30 + "] 30/30\r\n")
