@@ -20,9 +20,7 @@ def lines(qmailhome: str, name: str) -> list[str] | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise QueueError(
-            CONFIG_ERROR, f"control/{name}: cannot read {path}: {exc.strerror or exc}"
-        ) from None
+        raise unreadable(f"control/{name}", path, exc) from None
     text = data.decode("utf-8", "replace")
     return [line.rstrip() for line in text.split("\n") if line.strip() and line[0] != "#"]
 
@@ -31,3 +29,8 @@ def first_line(qmailhome: str, name: str) -> str | None:
     """The first line of the file (qmail's control_rldef), or None when it is absent or empty."""
     found = lines(qmailhome, name)
     return found[0] if found else None
+
+
+def unreadable(name: str, path: str, exc: OSError) -> QueueError:
+    """The configuration error (55) for a file of qmail's that exists and cannot be read."""
+    return QueueError(CONFIG_ERROR, f"{name}: cannot read {path}: {exc.strerror or exc}")

@@ -335,6 +335,29 @@ SETTINGS: tuple[Setting, ...] = (
         "seconds all DNS lookups of one message's SPF check may take; then it is temperror",
     ),
     Setting(
+        "rcptcheck",
+        "QQF_RCPTCHECK",
+        "off",
+        _choice("off", "any", "all"),
+        "refuse mail for local mailboxes that do not exist: any (one unknown recipient is "
+        "enough) or all (only when every recipient is unknown); off",
+    ),
+    Setting(
+        "rcptlist",
+        "QQF_RCPTLIST",
+        "",
+        _text,
+        "a file of valid addresses (and @domain for whole domains) for domains whose "
+        "mailboxes live elsewhere; the domains in it are judged by it alone",
+    ),
+    Setting(
+        "bouncercpts",
+        "QQF_BOUNCERCPTS",
+        1,
+        _bytes,
+        "refuse bounces (empty sender) to more recipients than this; 0 = no limit",
+    ),
+    Setting(
         "blockext",
         "QQF_BLOCKEXT",
         frozenset(BLOCKED_EXTENSIONS),

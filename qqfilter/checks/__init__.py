@@ -57,10 +57,11 @@ Check = Callable[[Message, Settings], "Finding | None"]
 
 def registry() -> tuple[tuple[str, Check], ...]:
     """The checks, in the order they run: cheap ones first, so a refusal stops early."""
-    from qqfilter.checks import attachments, size, spf, virus
+    from qqfilter.checks import attachments, recipients, size, spf, virus
 
     return (
         ("size", size.check),
+        ("recipients", recipients.check),
         ("mime", attachments.check),
         ("spf", spf.check),
         ("clamd", virus.clamd),
