@@ -78,9 +78,13 @@ def format_json(fields: dict[str, object]) -> str:
     )
 
 
-def write(fields: dict[str, object], style: str = "text") -> None:
-    """Write the line to stderr; a closed or broken stderr loses the line, never the message."""
-    line = format_json(fields) if style == "json" else format_text(fields)
+def format_line(fields: dict[str, object], style: str) -> str:
+    """The line for ``fields`` in ``style`` ("text" or "json")."""
+    return format_json(fields) if style == "json" else format_text(fields)
+
+
+def write_line(line: str) -> None:
+    """Write ``line`` to stderr; a closed or broken stderr loses the line, never the message."""
     data = (line + "\n").encode("ascii", "backslashreplace")
     try:
         while data:

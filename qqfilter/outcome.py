@@ -3,12 +3,9 @@
 The contract side of the pipeline: it knows verdicts and qmail's codes, never which check
 spoke. A patched qmail-smtpd reads ``D<text>`` or ``Z<text>`` from an extra pipe when the
 queue program exits 82; an unpatched one would turn 82 into "qq temporary problem", so the
-text is only written when QQF_ERRFD names a descriptor that really is a pipe open for writing.
+text is only written when QQF_ERRFD names a descriptor that really is a pipe open for writing
+(qqfilter.replypipe).
 """
-
-import fcntl
-import os
-import stat
 
 from qqfilter import exitcodes
 from qqfilter.headers import clean
@@ -41,19 +38,6 @@ def custom_reply(verdict: Verdict) -> bytes:
     suffix = f" (#{verdict.status})" if verdict.status else ""
     text = clean(verdict.reason)[: REPLY_MAX - 1 - len(suffix)] + suffix
     return (kind + text).encode("ascii")
-
-
-def send_custom_reply(fd: int, verdict: Verdict) -> bool:
-    """Write the custom reply on ``fd`` if it is a pipe open for writing; True if written."""
-    try:
-        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
-            return False
-        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR):
-            return False
-        line = custom_reply(verdict)
-        return os.write(fd, line) == len(line)
-    except OSError:
-        return False
 
 
 def smtp_reply(verdict: Verdict, code: int) -> str:

@@ -1,9 +1,11 @@
 """The QMAILQUEUE program: qmail-queue's contract on the outside, the pipeline inside.
 
-Reads the message on fd 0 (first: qmail-smtpd writes all of it before the envelope) and the
-envelope on fd 1, asks the pipeline for a verdict, then either becomes the next queue program
-or exits with qmail's code. Whatever happens, exactly one log line is written and the exit
-status is one qmail-smtpd understands; nothing is left on disk.
+``decide`` reads the message (fd 0 first: qmail-smtpd writes all of it before the envelope)
+and the envelope, asks the pipeline for a verdict, and says what is to be done: exit with a
+code, or hand the message on. ``perform`` does it. The two are apart because the resident
+server (qqfilter.server) decides for a client process that then performs. Whatever happens,
+exactly one log line is written and the exit status is one qmail-smtpd understands; nothing is
+left on disk.
 """
 
 import os
@@ -11,33 +13,73 @@ import signal
 import time
 
 from qqfilter import envelope as envelope_reader
-from qqfilter import exitcodes, handoff, logline
+from qqfilter import exitcodes, handoff, logline, replypipe
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.message import Connection, Message
-from qqfilter.outcome import exit_code, send_custom_reply
+from qqfilter.outcome import custom_reply, exit_code
 from qqfilter.pipeline import evaluate
 from qqfilter.policy import ACCEPT, DROP
-from qqfilter.settings import Settings, load
-from qqfilter.spool import Spool
+from qqfilter.settings import load
+
+
+class Decision:
+    """What to do: exit with ``code`` after writing ``reply`` (if any) to descriptor
+    ``errfd``, or, with a ``program``, exec it on ``message_fd`` and ``envelope_fd``; and the
+    log ``line`` to write first."""
+
+    __slots__ = (
+        "code",
+        "envelope_fd",
+        "errfd",
+        "line",
+        "message_fd",
+        "pid",
+        "program",
+        "reply",
+        "style",
+    )
+
+    def __init__(self, code: int, line: str = "") -> None:
+        self.code = code
+        self.line = line
+        self.style = "text"
+        self.pid = os.getpid()
+        self.reply = b""
+        self.errfd = 0
+        self.program = ""
+        self.message_fd = -1
+        self.envelope_fd = -1
 
 
 def run(environ: dict[str, str]) -> int:
-    """Filter one message; returns the exit code, or does not return (handed on).
+    """Filter one message; returns the exit code, or does not return (handed on)."""
+    return perform(decide(environ, 0, 1, replypipe.usable))
 
-    Never raises: an unexpected exception is 81 (memory exhaustion 51), with one log line.
+
+def decide(
+    environ: dict[str, str], message: int, envelope: int, reply_usable, pid: int = 0
+) -> Decision:
+    """The Decision for the message on descriptor ``message`` and the envelope on
+    ``envelope``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid`` is
+    the process the log line names (the one qmail-smtpd started; by default this one).
+
+    Never raises: an unexpected exception is 81 (memory exhaustion 51), with its log line.
     """
     started = time.monotonic()
     connection = Connection.from_environ(environ)
-    fields: dict[str, object] = {"pid": os.getpid(), "ip": connection.remote_ip}
+    pid = pid or os.getpid()
+    fields: dict[str, object] = {"pid": pid, "ip": connection.remote_ip}
     style = "json" if environ.get("QQF_LOG") == "json" else "text"
+    decision = None
     try:
         settings, errors = load(environ)
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise QueueError(exitcodes.CONFIG_ERROR, f"{errors[0]}{more}")
         style = settings.log
-        code = _filter(connection, settings, fields, started, style)
+        decision = _filter(connection, settings, fields, message, envelope, reply_usable)
+        code = decision.code
     except QueueError as exc:
         code = exc.code
         fields.update(verdict="error", reason=exc.reason)
@@ -47,25 +89,26 @@ def run(environ: dict[str, str]) -> int:
     except Exception as exc:
         code = exitcodes.INTERNAL_BUG
         fields.update(verdict="error", reason=f"internal error: {type(exc).__name__}: {exc}")
-    fields.update(code=code, ms=_elapsed(started))
-    logline.write(fields, style)
-    return code
+    if decision is None:
+        decision = Decision(code)
+    if not decision.program:
+        fields["code"] = code
+    fields["ms"] = round((time.monotonic() - started) * 1000)
+    decision.style, decision.pid = style, pid
+    decision.line = logline.format_line(fields, style)
+    return decision
 
 
-def _filter(
-    connection: Connection,
-    settings: Settings,
-    fields: dict[str, object],
-    started: float,
-    style: str,
-) -> int:
-    """Spool, parse, evaluate, then hand on or answer. Raises QueueError on contract failures."""
+def _filter(connection, settings, fields, message: int, envelope: int, reply_usable) -> Decision:
+    """Spool, parse, evaluate, then decide. Raises QueueError on contract failures."""
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit becomes EFBIG: 53
-    spool = Spool.receive(0, settings.spooldir)
+    from qqfilter.spool import Spool
+
+    spool = Spool.receive(message, settings.spooldir)
     fields["size"] = spool.size
-    envelope = envelope_reader.read(1)
-    fields.update({"from": logline.address(envelope.sender), "rcpts": len(envelope.recipients)})
-    verdict = evaluate(Message(spool, envelope, connection), settings)
+    parsed = envelope_reader.read(envelope)
+    fields.update({"from": logline.address(parsed.sender), "rcpts": len(parsed.recipients)})
+    verdict = evaluate(Message(spool, parsed, connection), settings)
     fields.update(
         verdict=verdict.action,
         check=verdict.check,
@@ -75,20 +118,33 @@ def _filter(
         notes="; ".join(verdict.notes),
     )
     if verdict.action != ACCEPT:
-        code = exit_code(verdict, settings)
-        if verdict.action != DROP and settings.errfd and send_custom_reply(settings.errfd, verdict):
-            code = exitcodes.CUSTOM_REPLY
-        return code
+        decision = Decision(exit_code(verdict, settings))
+        if verdict.action != DROP and settings.errfd and reply_usable(settings.errfd):
+            decision.code = exitcodes.CUSTOM_REPLY
+            decision.reply = custom_reply(verdict)
+            decision.errfd = settings.errfd
+        return decision
     program = settings.qmailqueue
     if not os.path.isfile(program) or not os.access(program, os.X_OK):
         raise QueueError(exitcodes.TEMPFAILED, f"qmail-queue: cannot run {program}: not executable")
-    message_fd = handoff.message_fd(spool, render(verdict.headers), settings.spooldir)
-    envelope_fd = handoff.envelope_fd(envelope.raw)
-    fields["ms"] = _elapsed(started)
-    logline.write(fields, style)
-    handoff.execute(program, message_fd, envelope_fd)
-    raise AssertionError("execute() returns only by raising")  # its failure gets a 2nd line
+    decision = Decision(exitcodes.QUEUED)
+    decision.program = program
+    decision.message_fd = handoff.message_fd(spool, render(verdict.headers), settings.spooldir)
+    decision.envelope_fd = handoff.envelope_fd(parsed.raw)
+    return decision
 
 
-def _elapsed(started: float) -> int:
-    return round((time.monotonic() - started) * 1000)
+def perform(decision: Decision) -> int:
+    """Write the log line and the reply, then exec the program or return the exit code."""
+    logline.write_line(decision.line)
+    if not decision.program:
+        if decision.reply:
+            replypipe.write(decision.errfd, decision.reply)
+        return decision.code
+    try:
+        handoff.execute(decision.program, decision.message_fd, decision.envelope_fd)
+    except QueueError as exc:  # the accept line is out; this second line says it failed
+        failed = {"pid": decision.pid, "verdict": "error", "code": exc.code, "reason": exc.reason}
+        logline.write_line(logline.format_line(failed, decision.style))
+        return exc.code
+    raise AssertionError("execute() returns only by raising")
