@@ -1,5 +1,6 @@
-"""The ``qqfilter`` command: with no arguments it is the QMAILQUEUE program; subcommands
-serve people (``test``, ``config``). The queue path imports nothing it does not need."""
+"""The ``qqfilter`` command: with no arguments it is the QMAILQUEUE program (a client of the
+resident server when QQF_SOCKET names one); subcommands serve people (``test``, ``config``,
+``replay``, ``stats``, ``serve``). The queue path imports nothing it does not need."""
 
 import os
 import sys
@@ -9,9 +10,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qqfilter`` command; returns the exit status."""
     args = sys.argv[1:] if argv is None else argv
     if not args:
+        environ = dict(os.environ)
+        if environ.get("QQF_SOCKET"):
+            from qqfilter import client
+
+            code = client.run(environ)
+            if code is not None:
+                return code
         from qqfilter.qmailqueue import run
 
-        return run(dict(os.environ))
+        return run(environ)
     from qqfilter.commands import dispatch
 
     return dispatch(args)

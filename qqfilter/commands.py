@@ -89,6 +89,22 @@ def dispatch(args: list[str]) -> int:
     stats.add_argument("--json", action="store_true", help="the counts as one JSON object")
     stats.set_defaults(run=_stats)
 
+    serve = sub.add_parser(
+        "serve", help="run resident, for QMAILQUEUE clients on a unix socket (QQF_SOCKET)"
+    )
+    serve.add_argument(
+        "--socket", default=os.environ.get("QQF_SOCKET", ""), help="the socket (QQF_SOCKET)"
+    )
+    serve.add_argument("--max", type=int, default=16, help="messages in work at once (16)")
+    serve.add_argument(
+        "--wait", type=float, default=10.0, help="seconds a client may wait for a turn (10)"
+    )
+    serve.add_argument(
+        "--users", default="", help="users besides the server's own (and root) who may connect"
+    )
+    serve.add_argument("--group", default="", help="a group whose members may connect")
+    serve.set_defaults(run=_serve)
+
     options = parser.parse_args(args)
     return options.run(options)
 
@@ -304,6 +320,22 @@ def _print_stats(counted) -> None:
         print("\nbounces went to (most first):")
         for recipient, count in bounces.recipients.most_common(10):
             print(f"  {count:>6}  {recipient}")
+
+
+def _serve(options: argparse.Namespace) -> int:
+    from qqfilter import server
+
+    if not options.socket:
+        print("qqfilter serve: give --socket PATH (or QQF_SOCKET)", file=sys.stderr)
+        return USAGE_ERROR
+    users = [u for u in options.users.split(",") if u]
+    return server.serve(
+        options.socket,
+        limit=max(1, options.max),
+        wait=options.wait,
+        users=users,
+        group=options.group,
+    )
 
 
 def _config(options: argparse.Namespace) -> int:

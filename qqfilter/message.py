@@ -13,7 +13,7 @@ class Connection:
     otherwise the SPF check reads it from qmail-smtpd's Received line.
     """
 
-    __slots__ = ("helo", "local_host", "relayclient", "remote_host", "remote_ip")
+    __slots__ = ("environ", "helo", "local_host", "relayclient", "remote_host", "remote_ip")
 
     def __init__(
         self,
@@ -28,17 +28,22 @@ class Connection:
         self.local_host = local_host
         self.relayclient = relayclient
         self.helo = helo
+        self.environ: dict[str, str] | None = None
 
     @classmethod
     def from_environ(cls, environ: dict[str, str]) -> "Connection":
-        """The connection as tcpserver describes it."""
-        return cls(
+        """The connection as tcpserver describes it; ``environ`` is kept for the programs a
+        check runs (a QHPSI scanner sees what qmail-smtpd's child saw, also when a resident
+        server runs it)."""
+        connection = cls(
             remote_ip=environ.get("TCPREMOTEIP") or None,
             remote_host=environ.get("TCPREMOTEHOST") or None,
             local_host=environ.get("TCPLOCALHOST") or None,
             relayclient="RELAYCLIENT" in environ,
             helo=environ.get("HELOHOST") or None,
         )
+        connection.environ = environ
+        return connection
 
 
 class Message:

@@ -57,6 +57,7 @@ def scan(
     infected: int,
     clean: int,
     timeout: float,
+    environ: dict[str, str] | None = None,
 ) -> Result:
     """Run the scanner on the spool file ``fd`` within ``timeout`` seconds.
 
@@ -74,7 +75,7 @@ def scan(
         except OSError as exc:
             why = f"cannot give the message a name in {directory}: {_why(exc)}"
             return Result(UNKNOWN, why=why)
-        return _run(command(program, path, extra), infected, clean, timeout)
+        return _run(command(program, path, extra), infected, clean, timeout, environ)
     except _Terminated:
         pass
     finally:
@@ -113,7 +114,9 @@ def _link_or_copy(fd: int, path: str) -> None:
         os.close(out)
 
 
-def _run(argv: list[str], infected: int, clean: int, timeout: float) -> Result:
+def _run(
+    argv: list[str], infected: int, clean: int, timeout: float, environ: dict[str, str] | None
+) -> Result:
     """Run ``argv`` in its own process group; past the deadline the whole group is killed.
 
     The deadline also covers anything the scanner started that keeps its output open.
@@ -129,6 +132,7 @@ def _run(argv: list[str], infected: int, clean: int, timeout: float) -> Result:
             stderr=subprocess.STDOUT,
             close_fds=True,
             start_new_session=True,
+            env=environ,
         )
     except OSError as exc:
         return Result(UNKNOWN, why=f"{name}: cannot run: {_why(exc)}")

@@ -101,7 +101,8 @@ def decide(
 
 def _filter(connection, settings, fields, message: int, envelope: int, reply_usable) -> Decision:
     """Spool, parse, evaluate, then decide. Raises QueueError on contract failures."""
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit becomes EFBIG: 53
+    if threading_main():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit becomes EFBIG: 53
     from qqfilter.spool import Spool
 
     spool = Spool.receive(message, settings.spooldir)
@@ -132,6 +133,15 @@ def _filter(connection, settings, fields, message: int, envelope: int, reply_usa
     decision.message_fd = handoff.message_fd(spool, render(verdict.headers), settings.spooldir)
     decision.envelope_fd = handoff.envelope_fd(parsed.raw)
     return decision
+
+
+def threading_main() -> bool:
+    """True in the main thread; the resident server decides in others (it ignores SIGXFSZ
+    itself, and only the main thread may set signal handlers)."""
+    import sys
+
+    threading = sys.modules.get("threading")
+    return threading is None or threading.current_thread() is threading.main_thread()
 
 
 def perform(decision: Decision) -> int:

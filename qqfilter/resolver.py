@@ -46,11 +46,31 @@ def _is_address(host: str) -> bool:
     return False
 
 
+_RESOLVERS: dict[tuple[str, ...], object] = {}
+
+
+def forget() -> None:
+    """Drop the resolvers and their caches (the resident server's SIGHUP)."""
+    _RESOLVERS.clear()
+
+
 def make_resolver(servers: tuple[str, ...]):
-    """A dnspython Resolver asking ``servers`` (each with its port), or resolv.conf's if empty.
+    """The resolver for ``servers`` (resolv.conf's when empty), made once per process with a
+    cache that honours TTLs, so a resident server asks DNS once per TTL.
 
     Raises OSError when there is no resolv.conf to read.
     """
+    resolver = _RESOLVERS.get(servers)
+    if resolver is None:
+        import dns.resolver
+
+        resolver = _new_resolver(servers)
+        resolver.cache = dns.resolver.Cache()
+        _RESOLVERS[servers] = resolver
+    return resolver
+
+
+def _new_resolver(servers: tuple[str, ...]):
     import dns.nameserver
     import dns.resolver
 

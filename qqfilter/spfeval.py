@@ -9,6 +9,7 @@ that SPF alone never turns a message into a traceback.
 
 import contextlib
 import re
+import threading
 import time
 import warnings
 
@@ -120,7 +121,7 @@ def _check(
 
     from qqfilter.resolver import spf_lookup
 
-    spf.DNSLookup = spf_lookup(resolver)
+    _lookups().current = spf_lookup(resolver)
     query = spf.query(
         i=client_ip,
         s=sender,
@@ -150,6 +151,23 @@ def _check(
         mechanism=str(query.mechanism or ""),
         **facts,
     )
+
+
+_LOOKUPS = None
+_INSTALL = threading.Lock()
+
+
+def _lookups():
+    """The per-thread lookup pyspf's module-wide ``DNSLookup`` now dispatches to: the
+    resident server evaluates messages with different QQF_DNS in parallel threads."""
+    global _LOOKUPS
+    with _INSTALL:
+        if _LOOKUPS is None:
+            import spf
+
+            _LOOKUPS = threading.local()
+            spf.DNSLookup = lambda *args: _LOOKUPS.current(*args)
+    return _LOOKUPS
 
 
 def _plain_ip(address: str) -> str:

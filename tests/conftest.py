@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -226,8 +227,52 @@ def nsd_server():
     server.stop()
 
 
+class Resident:
+    """A ``qqfilter serve`` process on a socket of its own."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.socket = str(directory / "qqfilter.sock")
+        self.log = directory / "serve.log"
+        self.process = subprocess.Popen(
+            [QQFILTER, "serve", "--socket", self.socket, *args],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "wb"),  # noqa: SIM115 (the process keeps it)
+            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
+        give_up = time.monotonic() + 30
+        while "serving on" not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > give_up:
+                raise RuntimeError(f"qqfilter serve did not start:\n{self.log.read_text()}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(30)
+
+
+@pytest.fixture(scope="session")
+def resident_server(tmp_path_factory):
+    """One resident server for the suite's pipeline cases run both ways."""
+    server = Resident(tmp_path_factory.mktemp("resident"))
+    yield server
+    server.stop()
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Modules with ``BOTH_MODES = True`` run every ``qq`` test one-shot and resident."""
+    both = getattr(metafunc.module, "BOTH_MODES", False)
+    one_shot = metafunc.definition.get_closest_marker("one_shot")
+    if "qq" in metafunc.fixturenames and both and not one_shot:
+        metafunc.parametrize("qq", ["one-shot", "resident"], indirect=True)
+
+
 @pytest.fixture
-def qq(tmp_path: Path) -> Harness:
+def qq(tmp_path: Path, request) -> Harness:
     harness = Harness(tmp_path)
+    if getattr(request, "param", "one-shot") == "resident":
+        server = request.getfixturevalue("resident_server")
+        # no quiet fallback to in-process work: a server problem must fail the test
+        harness.env.update(QQF_SOCKET=server.socket, QQF_SOCKETFALLBACK="tempfail")
     yield harness
     assert harness.spool_is_empty(), "a file was left in the spool directory"

@@ -12,6 +12,8 @@ import pytest
 from clamav import TEXT_PART, forwarded, mime
 from conftest import ROOT, assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 
 PE = (

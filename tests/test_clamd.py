@@ -18,6 +18,8 @@ from clamav import (
 )
 from conftest import assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 CLEAN = mime(TEXT_PART, attachment(b"%PDF-1.4\n" + bytes(range(256)) * 64, b"report.pdf"))
 

@@ -7,6 +7,8 @@ import subprocess
 import pytest
 from conftest import QQFILTER, assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 PLAIN = b"Received: from a (HELO a) (192.0.2.1)\n  by mx with SMTP; now\nSubject: hi\n\nbody\n"
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 

@@ -11,6 +11,8 @@ import pytest
 from clamav import EICAR_NAME, TEXT_PART, attachment, mime, samples
 from conftest import assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 CLEAN = mime(TEXT_PART, attachment(b"just a document\n" * 100, b"notes.txt"))
 
@@ -252,6 +254,7 @@ def test_both_scanners_may_run_and_either_refuses(qq, clamd_server, scanner):
     assert os.path.exists(scanner[1] / "argv")
 
 
+@pytest.mark.one_shot  # resident, the scan runs in the server: TERM to the client ends the client
 def test_sigterm_during_a_scan_removes_the_file_and_the_scanner(qq, scanner):
     """qqfilter dies of the TERM as it would have, but the named file and the scanner go."""
     program, record = scanner

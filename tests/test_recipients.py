@@ -8,6 +8,8 @@ import cdblib
 import pytest
 from conftest import FIXTURES, QQFILTER, assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 MESSAGE = b"Subject: hello\n\nhi\n"
 
 

@@ -7,6 +7,8 @@ import pytest
 from clamav import free_port
 from conftest import assert_clean_failure, envelope
 
+BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+
 CLIENT = "192.0.2.1"
 RECEIVER = "mx.example.org"
 BODY = b"From: someone\nSubject: spf\n\nhello\n"

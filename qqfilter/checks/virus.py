@@ -61,6 +61,7 @@ def qhpsi(message: Message, settings: Settings) -> Finding | None:
         infected=settings.qhpsirc,
         clean=settings.qhpsirn,
         timeout=settings.scantimeout,
+        environ=message.connection.environ,
     )
     if result.result == scanner.INFECTED:
         return _infected("qhpsi", result.name, f"exit code {settings.qhpsirc}")
