@@ -142,9 +142,7 @@ class Server:
                     os.close(fd)
 
     def _allowed(self, connection: socket.socket) -> bool:
-        credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-        _pid, uid, gid = (int.from_bytes(credentials[i : i + 4], sys.byteorder) for i in (0, 4, 8))
-        return uid in self.users or (self.group is not None and gid == self.group)
+        return peer_allowed(connection, self.users, self.group)
 
     def _decide(self, fields: list[bytes], fds: list[int]) -> Decision:
         environ = {}
@@ -155,6 +153,13 @@ class Server:
         pipes = {int(p) for p in fields[2].split(b",") if p.isdigit()}
         pid = int(fields[1]) if fields[1].isdigit() else 0
         return decide(environ, fds[0], fds[1], pipes.__contains__, pid)
+
+
+def peer_allowed(connection: socket.socket, users: set[int], group: int | None) -> bool:
+    """True when the peer's uid (SO_PEERCRED) is in ``users`` or its gid is ``group``."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    _pid, uid, gid = (int.from_bytes(credentials[i : i + 4], sys.byteorder) for i in (0, 4, 8))
+    return uid in users or (group is not None and gid == group)
 
 
 def _descriptors(ancillary) -> list[int]:
