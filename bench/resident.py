@@ -124,11 +124,11 @@ def main() -> None:
     clamd, nsd, server = Clamd(), Nsd(), None
     try:
         home = scratch / "qmail"
-        shutil.copytree(ROOT / "fixtures" / "qmailhome", home)
+        shutil.copytree(ROOT / "fixtures" / "qmailhome", home, copy_function=shutil.copyfile)
         assign = home / "users" / "assign"
         assign.write_text(assign.read_text().replace("@HOME@", str(home)))
         (home / "bin").mkdir()
-        venv = Path(sys.executable).parent.parent
+        venv = scratch / "venv"  # install.sh as an administrator runs it, not into this venv
         subprocess.run(
             [str(ROOT / "install.sh"), "--qmail", "--qmailhome", str(home), "--venv", str(venv)],
             check=True,

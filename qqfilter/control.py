@@ -2,7 +2,9 @@
 
 An absent file means "not set", as in qmail. A file that exists and cannot be read is a
 configuration error (exit 55, "unable to read configuration"), as in qmail: going on without
-it would apply a policy the administrator did not write.
+it would apply a policy the administrator did not write. So is a file that users other than
+its owner may write, or whose owner is neither root nor this process's user: whoever can
+write qmail's control files decides what mail is refused.
 """
 
 import os
@@ -14,13 +16,9 @@ def lines(qmailhome: str, name: str) -> list[str] | None:
     """The file's lines, trailing white space removed, blank lines and ``#`` comments left
     out; None when the file does not exist."""
     path = os.path.join(qmailhome, "control", name)
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read(1 << 20)
-    except FileNotFoundError:
+    data = read_trusted(path, f"control/{name}")
+    if data is None:
         return None
-    except OSError as exc:
-        raise unreadable(f"control/{name}", path, exc) from None
     text = data.decode("utf-8", "replace")
     return [line.rstrip() for line in text.split("\n") if line.strip() and line[0] != "#"]
 
@@ -29,6 +27,30 @@ def first_line(qmailhome: str, name: str) -> str | None:
     """The first line of the file (qmail's control_rldef), or None when it is absent or empty."""
     found = lines(qmailhome, name)
     return found[0] if found else None
+
+
+def read_trusted(path: str, name: str, limit: int = 1 << 20) -> bytes | None:
+    """The first ``limit`` bytes of ``path``; None when it does not exist. Raises QueueError
+    55 when it cannot be read or is not trusted (see unsafe)."""
+    try:
+        with open(path, "rb") as stream:
+            why = unsafe(os.fstat(stream.fileno()))
+            if why:
+                raise QueueError(CONFIG_ERROR, f"{name}: {path} {why}")
+            return stream.read(limit)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise unreadable(name, path, exc) from None
+
+
+def unsafe(status: os.stat_result) -> str:
+    """Why a file with ``status`` must not be believed ("" when it may)."""
+    if status.st_mode & 0o022:
+        return "is writable by users other than its owner: refused (chmod go-w)"
+    if status.st_uid not in (0, os.geteuid()):
+        return f"belongs to uid {status.st_uid}, neither root nor this user: refused"
+    return ""
 
 
 def unreadable(name: str, path: str, exc: OSError) -> QueueError:

@@ -104,13 +104,9 @@ class _Users:
 
 def _users(qmailhome: str) -> _Users | None:
     path = os.path.join(qmailhome, "users", "cdb")
-    try:
-        with open(path, "rb") as stream:
-            data = stream.read()
-    except FileNotFoundError:
+    data = control.read_trusted(path, "users/cdb", 1 << 30)
+    if data is None:
         return _assign(qmailhome)
-    except OSError as exc:
-        raise control.unreadable("users/cdb", path, exc) from None
     import cdblib
 
     reader = cdblib.Reader(data)
@@ -166,13 +162,11 @@ def _assign(qmailhome: str) -> _Users | None:
 
 
 def control_lines(path: str) -> list[str] | None:
-    try:
-        with open(path, encoding="latin-1") as stream:
-            return [line.rstrip("\n") for line in stream if line.strip()]
-    except FileNotFoundError:
+    """The non-blank lines of a trusted file of qmail's (or the list file); None if absent."""
+    data = control.read_trusted(path, os.path.basename(path), 1 << 30)
+    if data is None:
         return None
-    except OSError as exc:
-        raise control.unreadable(os.path.basename(path), path, exc) from None
+    return [line for line in data.decode("latin-1").split("\n") if line.strip()]
 
 
 def _system_user(local: str) -> tuple[str, str, str] | None:

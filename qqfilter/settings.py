@@ -490,6 +490,12 @@ def _read_file(environ: dict[str, str], errors: list[SettingError]) -> tuple[dic
     path = environ.get("QQF_CONFIG") or DEFAULT_CONFIG
     try:
         with open(path, "rb") as stream:
+            from qqfilter.control import unsafe
+
+            why = unsafe(os.fstat(stream.fileno()))
+            if why:
+                errors.append(SettingError("config", path, why))
+                return {}, path
             data = stream.read()
     except FileNotFoundError:
         if environ.get("QQF_CONFIG"):

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+os.umask(0o022)  # files the tests write must pass qqfilter's check on writable control files
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 FIXTURES = ROOT / "fixtures"

@@ -168,3 +168,29 @@ def test_unexpected_exception_is_one_line_and_a_temporary_code(tmp_path, error, 
     assert "verdict=error" in line
     assert f"code={code}" in line
     assert list(spool.iterdir()) == []
+
+
+def test_a_control_file_others_may_write_is_not_believed(qq):
+    """Whoever can write control/badmimetypes decides what is refused: 55, not a guess."""
+    control = qq.tmp / "qmail" / "control"
+    control.mkdir(parents=True)
+    (control / "badmimetypes").write_text("TVqQAAMAA\n")
+    (control / "badmimetypes").chmod(0o664)
+    message = (
+        b'Content-Type: multipart/mixed; boundary="b"\n\n--b\n'
+        b"Content-Transfer-Encoding: base64\n\nTVqQAAMAAAAEAAAA\n--b--\n"
+    )
+    out = qq.submit(message, ENV, env={"BADMIMETYPE": "1", "QQF_BLOCKKINDS": "none"})
+    assert_clean_failure(out, 55)
+    assert out.field("reason").endswith(
+        "badmimetypes is writable by users other than its owner: refused (chmod go-w)"
+    )
+
+
+def test_a_config_file_others_may_write_is_not_believed(qq):
+    config = qq.tmp / "qqfilter.toml"
+    config.write_text("maxsize = 10\n")
+    config.chmod(0o646)
+    out = qq.submit(PLAIN, ENV, env={"QQF_CONFIG": str(config)})
+    assert_clean_failure(out, 55)
+    assert "writable by users other than its owner" in out.field("reason")

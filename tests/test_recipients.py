@@ -36,7 +36,7 @@ def qmail_newu(home: Path) -> None:
 def home(qq, request) -> Path:
     """The fixture qmail home as qq's QQF_QMAILHOME, with users/cdb built (or not)."""
     target = qq.tmp / "qmail"
-    shutil.copytree(FIXTURES / "qmailhome", target)
+    shutil.copytree(FIXTURES / "qmailhome", target, copy_function=shutil.copyfile)
     assign = target / "users" / "assign"
     assign.write_text(assign.read_text().replace("@HOME@", str(target)))
     if request.param == "cdb":
