@@ -2,8 +2,8 @@
 """Stand-in for qmail-queue, which no package registry ships.
 
 Records what it was given (fd 0 -> message, fd 1 -> envelope, its open descriptors -> fds,
-its argv -> argv) in $FAKEQQ_DIR, then exits with $FAKEQQ_EXIT (default 0) or, when
-$FAKEQQ_SIGNAL is set, kills itself with that signal.
+its argv -> argv, and a line in ``runs`` each time it runs) in $FAKEQQ_DIR, then exits with
+$FAKEQQ_EXIT (default 0) or, when $FAKEQQ_SIGNAL is set, kills itself with that signal.
 """
 
 import os
@@ -19,6 +19,8 @@ def record(fd: int, path: str) -> None:
 
 def main() -> None:
     where = os.environ["FAKEQQ_DIR"]
+    with open(os.path.join(where, "runs"), "a") as out:
+        out.write("run\n")
     listed = sorted(int(name) for name in os.listdir("/proc/self/fd"))
     fds = [fd for fd in listed if os.path.exists(f"/proc/self/fd/{fd}")]  # minus listdir's own
     with open(os.path.join(where, "fds"), "w") as out:
