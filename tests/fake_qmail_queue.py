@@ -2,8 +2,9 @@
 """Stand-in for qmail-queue, which no package registry ships.
 
 Records what it was given (fd 0 -> message, fd 1 -> envelope, its open descriptors -> fds,
-its argv -> argv, and a line in ``runs`` each time it runs) in $FAKEQQ_DIR, then exits with
-$FAKEQQ_EXIT (default 0) or, when $FAKEQQ_SIGNAL is set, kills itself with that signal.
+its argv -> argv, the mode of fd 0 -> mode0, a line in ``runs`` each time it runs) in
+$FAKEQQ_DIR, then exits with $FAKEQQ_EXIT (default 0) or, when $FAKEQQ_SIGNAL is set, kills
+itself with that signal.
 """
 
 import os
@@ -27,6 +28,8 @@ def main() -> None:
         out.write(" ".join(map(str, fds)))
     with open(os.path.join(where, "argv"), "w") as out:
         out.write("\0".join(sys.argv))
+    with open(os.path.join(where, "mode0"), "w") as out:
+        out.write(oct(os.fstat(0).st_mode & 0o7777))
     record(0, os.path.join(where, "message"))
     record(1, os.path.join(where, "envelope"))
     if os.environ.get("FAKEQQ_SIGNAL"):
