@@ -163,3 +163,17 @@ def test_a_closed_stderr_loses_the_line_not_the_message(qq):
     out = qq.submit(b"Subject: x\n\nhi\n", ENV, preexec_fn=lambda: os.close(2))
     assert out.returncode == 0
     assert out.queued
+
+
+@pytest.mark.parametrize("where", ["sender", "recipient"])
+def test_a_one_megabyte_address_is_11(qq, where):
+    huge = b"a" * (1 << 20) + b"@example.com"
+    env_bytes = envelope(huge, b"bob@example.org") if where == "sender" else envelope(b"", huge)
+    out = qq.submit(b"Subject: x\n\nhi\n", env_bytes)
+    assert_clean_failure(out, 11)
+
+
+def test_a_zero_byte_message_is_handed_on_as_it_is(qq):
+    out = qq.submit(b"", ENV)
+    assert out.returncode == 0, out.stderr
+    assert out.message == b""
