@@ -8,6 +8,7 @@ write qmail's control files decides what mail is refused.
 """
 
 import os
+import stat
 
 from qqfilter.exitcodes import CONFIG_ERROR, QueueError
 
@@ -45,7 +46,12 @@ def read_trusted(path: str, name: str, limit: int = 1 << 20) -> bytes | None:
 
 
 def unsafe(status: os.stat_result) -> str:
-    """Why a file with ``status`` must not be believed ("" when it may)."""
+    """Why a file with ``status`` must not be believed ("" when it may). /dev/null (an empty
+    configuration) is a character device that anyone may write, and is believed."""
+    if stat.S_ISCHR(status.st_mode):
+        return ""
+    if not stat.S_ISREG(status.st_mode):
+        return "is not a regular file: refused"
     if status.st_mode & 0o022:
         return "is writable by users other than its owner: refused (chmod go-w)"
     if status.st_uid not in (0, os.geteuid()):
