@@ -14,6 +14,8 @@ import socket
 import struct
 import time
 
+from qqfilter import hostport
+
 CHUNK = 262144
 MAX_ANSWER = 4096
 DEFAULT_PORT = 3310
@@ -47,12 +49,10 @@ def parse_servers(value: str) -> tuple[str, ...]:
 
     Raises ValueError for an entry that is none of these.
     """
-    servers = tuple(item.strip() for item in value.split(",") if item.strip())
-    if not servers:
-        raise ValueError("must name at least one clamd")
-    for server in servers:
+    found = hostport.servers(value, "clamd")
+    for server in found:
         _address(server)
-    return servers
+    return found
 
 
 def _address(server: str) -> tuple[int, object]:
@@ -62,23 +62,11 @@ def _address(server: str) -> tuple[int, object]:
         if not path.startswith("/") or "\0" in path:
             raise ValueError(f"{server!r}: a unix socket needs an absolute path")
         return socket.AF_UNIX, path
-    host, port = server, str(DEFAULT_PORT)
-    if server.startswith("["):
-        host, bracket, rest = server[1:].partition("]")
-        if not bracket:
-            raise ValueError(f"{server!r}: expected [address]:port")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{server!r}: expected [address]:port")
-            port = rest[1:]
-        family = socket.AF_INET6
-    else:
-        if server.count(":") == 1:
-            host, port = server.split(":")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    if not host or not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
-        raise ValueError(f"{server!r}: expected unix:/path or host:port")
-    return family, (host, int(port))
+    try:
+        host, port = hostport.split(server, DEFAULT_PORT)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("host:port", "unix:/path or host:port")) from None
+    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
 
 
 def scan(

@@ -9,31 +9,23 @@ TempError, so nothing from dnspython escapes as an exception.
 
 import socket
 
+from qqfilter import hostport
+
 
 def parse_servers(value: str) -> tuple[str, ...]:
     """``ip``, ``ip:port``, ``v6ip`` or ``[v6ip]:port``, comma-separated; ValueError if not."""
-    servers = tuple(item.strip() for item in value.split(",") if item.strip())
-    if not servers:
-        raise ValueError("must name at least one DNS server")
-    for server in servers:
+    found = hostport.servers(value, "DNS server")
+    for server in found:
         _host_port(server)
-    return servers
+    return found
 
 
 def _host_port(server: str) -> tuple[str, int]:
-    host, port = server, "53"
-    if server.startswith("["):
-        host, bracket, rest = server[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"{server!r}: expected [address]:port")
-        port = rest[1:] or "53"
-    elif server.count(":") == 1:
-        host, port = server.split(":")
+    bare_v6 = server.count(":") > 1 and not server.startswith("[")  # all of it is the host
+    host, port = (server, 53) if bare_v6 else hostport.split(server, 53)
     if not _is_address(host):
         raise ValueError(f"{server!r}: not an IP address")
-    if not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
-        raise ValueError(f"{server!r}: not a port")
-    return host, int(port)
+    return host, port
 
 
 def _is_address(host: str) -> bool:

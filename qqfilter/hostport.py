@@ -1,0 +1,31 @@
+"""Server lists in settings: ``host``, ``host:port``, ``[v6address]:port``, comma-separated.
+
+One reading for every setting that names servers (QQF_CLAMD, QQF_DNS), so they take the same
+spellings and give the same errors.
+"""
+
+
+def servers(value: str, what: str) -> tuple[str, ...]:
+    """The non-empty entries of the comma list ``value``; ValueError when there are none."""
+    found = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not found:
+        raise ValueError(f"must name at least one {what}")
+    return found
+
+
+def split(entry: str, default_port: int) -> tuple[str, int]:
+    """(host, port) of one entry; a bare host or ``[v6address]`` takes ``default_port``.
+
+    Raises ValueError when the brackets or the port are wrong.
+    """
+    host, port = entry, str(default_port)
+    if entry.startswith("["):
+        host, bracket, rest = entry[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{entry!r}: expected [address]:port")
+        port = rest[1:] or port
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    if not host or not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r}: expected host:port")
+    return host, int(port)
