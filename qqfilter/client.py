@@ -64,6 +64,10 @@ def _ask(connection, environ: dict[str, str]) -> int:
             os.close(fd)
         return _fail("resident server ended without an answer (stopped or died mid-message)")
     _, kind, code, errfd, program, line, reply = fields
+    if not (code.isdigit() and errfd.isdigit()):
+        for fd in received:
+            os.close(fd)
+        return _fail("resident server sent an answer that makes no sense")
     _log(line)
     if kind == b"exec" and len(received) == 2:
         return _execute(os.fsdecode(program), received[0], received[1])
