@@ -101,3 +101,18 @@ def test_config_output_is_a_toml_file_that_gives_the_same_settings(qq, tmp_path)
     lines = {line.split()[0]: line for line in again.stdout.splitlines() if line[:1].isalpha()}
     assert lines["maxsize"].startswith("maxsize = 777  # QQF_MAXSIZE, from " + str(saved))
     assert lines["drop"].startswith('drop = ["spam", "virus"]')
+
+
+def test_every_setting_is_documented_with_its_variable():
+    """docs/settings.md is the administrator's list: a setting missing there does not exist."""
+    from conftest import ROOT
+
+    from qqfilter.settings import SETTINGS
+
+    documented = (ROOT / "docs" / "settings.md").read_text()
+    missing = [
+        s.name
+        for s in SETTINGS
+        if f"`{s.name}`" not in documented or f"`{s.env}`" not in documented
+    ]
+    assert missing == []
