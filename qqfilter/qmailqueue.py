@@ -58,11 +58,17 @@ def run(environ: dict[str, str]) -> int:
 
 
 def decide(
-    environ: dict[str, str], message: int, envelope: int, reply_usable, pid: int = 0
+    environ: dict[str, str],
+    message: int,
+    envelope: int,
+    reply_usable,
+    pid: int = 0,
+    gate=None,
 ) -> Decision:
     """The Decision for the message on descriptor ``message`` and the envelope on
     ``envelope``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid`` is
-    the process the log line names (the one qmail-smtpd started; by default this one).
+    the process the log line names (the one qmail-smtpd started; by default this one), and
+    ``gate``, a context manager the resident server gives, is held while checks run.
 
     Never raises: an unexpected exception is 81 (memory exhaustion 51), with its log line.
     """
@@ -78,7 +84,7 @@ def decide(
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise QueueError(exitcodes.CONFIG_ERROR, f"{errors[0]}{more}")
         style = settings.log
-        decision = _filter(connection, settings, fields, message, envelope, reply_usable)
+        decision = _filter(connection, settings, fields, message, envelope, reply_usable, gate)
         code = decision.code
     except QueueError as exc:
         code = exc.code
@@ -99,17 +105,35 @@ def decide(
     return decision
 
 
-def _filter(connection, settings, fields, message: int, envelope: int, reply_usable) -> Decision:
-    """Spool, parse, evaluate, then decide. Raises QueueError on contract failures."""
+def _filter(
+    connection, settings, fields, message: int, envelope: int, reply_usable, gate
+) -> Decision:
+    """Spool, then decide; the spool is closed unless it is what is handed on (a resident
+    server lives on: every descriptor it keeps is a file it keeps on disk)."""
     if threading_main():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit becomes EFBIG: 53
     from qqfilter.spool import Spool
 
     spool = Spool.receive(message, settings.spooldir)
+    decision = None
+    try:
+        decision = _judge(spool, connection, settings, fields, envelope, reply_usable, gate)
+    finally:
+        if decision is None or decision.message_fd != spool.fd:
+            spool.close()
+    return decision
+
+
+def _judge(spool, connection, settings, fields, envelope: int, reply_usable, gate) -> Decision:
+    """Parse the envelope, evaluate, decide. Raises QueueError on contract failures."""
     fields["size"] = spool.size
     parsed = envelope_reader.read(envelope)
     fields.update({"from": logline.address(parsed.sender), "rcpts": len(parsed.recipients)})
-    verdict = evaluate(Message(spool, parsed, connection), settings)
+    if gate is None:
+        verdict = evaluate(Message(spool, parsed, connection), settings)
+    else:
+        with gate:  # the resident server's limit: taken once the message is spooled
+            verdict = evaluate(Message(spool, parsed, connection), settings)
     fields.update(
         verdict=verdict.action,
         check=verdict.check,

@@ -20,6 +20,7 @@ import threading
 import time
 
 from qqfilter import logline
+from qqfilter.exitcodes import TEMPFAILED, QueueError
 from qqfilter.qmailqueue import Decision, decide
 
 MAGIC = b"QQF1"
@@ -60,8 +61,7 @@ class Server:
         self, path: str, *, limit: int, wait: float, users: set[int], group: int | None
     ) -> None:
         self.path = path
-        self.limit = threading.BoundedSemaphore(limit)
-        self.wait = wait
+        self.gate = Gate(limit, wait)
         self.users = users
         self.group = group
         self.stopping = threading.Event()
@@ -124,13 +124,8 @@ class Server:
                     answer = _refusal(fields, "resident server: this user may not use it")
                 elif len(fields) < 3 or fields[0] != MAGIC or len(fds) != 2:
                     answer = _refusal(fields, "resident server: malformed request")
-                elif not self.limit.acquire(timeout=self.wait):
-                    answer = _refusal(fields, f"resident server busy for {self.wait:g} s")
                 else:
-                    try:
-                        decision = self._decide(fields, fds)
-                    finally:
-                        self.limit.release()
+                    decision = self._decide(fields, fds)
                     if decision.program:  # ours to close once they are on their way
                         fds += [decision.message_fd, decision.envelope_fd]
                     answer = _answer(decision)
@@ -152,7 +147,24 @@ class Server:
                 environ[os.fsdecode(name)] = os.fsdecode(value)
         pipes = {int(p) for p in fields[2].split(b",") if p.isdigit()}
         pid = int(fields[1]) if fields[1].isdigit() else 0
-        return decide(environ, fds[0], fds[1], pipes.__contains__, pid)
+        return decide(environ, fds[0], fds[1], pipes.__contains__, pid, self.gate)
+
+
+class Gate:
+    """At most ``limit`` messages under the checks at once; a message that waits longer
+    than ``wait`` seconds for its turn is 71. Taken after spooling, so a slow SMTP client
+    holds a thread, never a turn."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        self.turns = threading.BoundedSemaphore(limit)
+        self.wait = wait
+
+    def __enter__(self) -> None:
+        if not self.turns.acquire(timeout=self.wait):
+            raise QueueError(TEMPFAILED, f"resident server busy for {self.wait:g} s")
+
+    def __exit__(self, *_exc) -> None:
+        self.turns.release()
 
 
 def peer_allowed(connection: socket.socket, users: set[int], group: int | None) -> bool:

@@ -209,3 +209,13 @@ def test_the_client_imports_no_pipeline_module(tmp_path, server):
     ):
         assert heavy not in imported, heavy
     assert "verdict=accept" in out.stderr
+
+
+def test_the_server_keeps_no_descriptor_of_a_finished_message(qq, server):
+    """A long-lived server must close each spool: an open one is a file kept on disk."""
+    before = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+    for maxsize in ("5", "0", "5", "0") * 5:  # refused and queued, alternately
+        out = through(qq, server, QQF_MAXSIZE=maxsize)
+        assert out.returncode == (31 if maxsize == "5" else 0), out.stderr
+    time.sleep(0.2)
+    assert len(os.listdir(f"/proc/{server.process.pid}/fd")) == before
