@@ -7,25 +7,25 @@ only while the depth, member count and expanded-bytes budgets last. What the bud
 reported, so policy can judge it.
 """
 
-import io
 import os
 import zipfile
 from collections.abc import Iterator
 
+from qqfilter.exitcodes import QueueError
 from qqfilter.filetypes import ZIP_MAGIC
 from qqfilter.mime import HEAD, Part, Source, clean_base64, decode_base64
 from qqfilter.spool import anonymous_file, write_all
 
 
 class Member:
-    """One file in an archive: its name (with the names of the archives around it), head."""
+    """One file in an archive: its name (with the names of the archives around it) and its
+    head (empty for an encrypted member: judged by name only)."""
 
-    __slots__ = ("encrypted", "head", "name")
+    __slots__ = ("head", "name")
 
-    def __init__(self, name: str, head: bytes, encrypted: bool) -> None:
+    def __init__(self, name: str, head: bytes) -> None:
         self.name = name
         self.head = head
-        self.encrypted = encrypted
 
 
 class Budget:
@@ -51,12 +51,12 @@ def members(source: Source, part: Part, directory: str, budget: Budget) -> Itera
     try:
         _decode_to(source, part, fd, directory)
         with os.fdopen(os.dup(fd), "rb") as stream:
-            yield from _walk_zip(stream, part.name or "(zip)", 1, budget)
+            yield from _walk_zip(stream, part.name or "(zip)", 1, budget, directory)
     finally:
         os.close(fd)
 
 
-def _walk_zip(stream, outer: str, depth: int, budget: Budget) -> Iterator[Member]:
+def _walk_zip(stream, outer: str, depth: int, budget: Budget, directory: str) -> Iterator[Member]:
     try:
         archive = zipfile.ZipFile(stream)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
@@ -71,9 +71,9 @@ def _walk_zip(stream, outer: str, depth: int, budget: Budget) -> Iterator[Member
             name = f"{outer}/{info.filename}"
             encrypted = bool(info.flag_bits & 0x1)
             head = b"" if encrypted else _head(archive, info, budget, name)
-            yield Member(name, head, encrypted)
+            yield Member(name, head)
             if head.startswith(ZIP_MAGIC):
-                yield from _inner_zip(archive, info, name, depth, budget)
+                yield from _inner_zip(archive, info, name, depth, budget, directory)
 
 
 def _head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, name: str) -> bytes:
@@ -87,24 +87,36 @@ def _head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, name:
     return head
 
 
-def _inner_zip(archive, info, name: str, depth: int, budget: Budget) -> Iterator[Member]:
+def _inner_zip(
+    archive, info, name: str, depth: int, budget: Budget, directory: str
+) -> Iterator[Member]:
+    """A zip inside a zip, expanded into a nameless file (never into memory) within budget."""
     if depth >= budget.depth:
         budget.note(f"{name}: archives nested deeper than {budget.depth}")
         return
     if budget.expanded + info.file_size > budget.max_expanded:
         budget.note(f"{name}: over the expanded-size budget")
         return
+    fd = anonymous_file(directory)
     try:
-        with archive.open(info) as member:
-            data = member.read(budget.max_expanded - budget.expanded + 1)
-    except Exception:
-        budget.note(f"{name}: cannot be read")
-        return
-    budget.expanded += len(data)
-    if budget.expanded > budget.max_expanded:
-        budget.note(f"{name}: over the expanded-size budget")
-        return
-    yield from _walk_zip(io.BytesIO(data), name, depth + 1, budget)
+        try:
+            with archive.open(info) as member:
+                while chunk := member.read(1 << 20):
+                    budget.expanded += len(chunk)
+                    if budget.expanded > budget.max_expanded:
+                        budget.note(f"{name}: over the expanded-size budget")
+                        return
+                    write_all(fd, chunk, directory)
+        except QueueError:
+            raise  # the spool directory is full: that is 53, not a note
+        except Exception:  # zipfile raises many kinds on hostile archives
+            budget.note(f"{name}: cannot be read")
+            return
+        os.lseek(fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            yield from _walk_zip(stream, name, depth + 1, budget, directory)
+    finally:
+        os.close(fd)
 
 
 def _decode_to(source: Source, part: Part, fd: int, directory: str) -> None:

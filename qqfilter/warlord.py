@@ -76,7 +76,7 @@ def entries(lines: list[str] | None, length: int) -> frozenset[bytes]:
     """Control-file lines cut to ``length`` characters (the first word of each line)."""
     found = set()
     for line in lines or ():
-        word = line.split()[0] if line.split() else ""
-        if len(word) >= length:
-            found.add(word[:length].encode("ascii", "replace"))
+        words = line.split()
+        if words and len(words[0]) >= length:
+            found.add(words[0][:length].encode("ascii", "replace"))
     return frozenset(found)

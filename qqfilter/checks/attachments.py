@@ -14,7 +14,6 @@ from qqfilter.checks import Finding
 from qqfilter.message import Message
 from qqfilter.settings import Settings
 
-TAG_ATTACH = "Reject::DATA::MIME_Attach"
 STATUS = "5.7.1"
 
 
