@@ -82,12 +82,17 @@ def _directory(path: Path) -> Iterator[Item]:
         for entry in sorted(path.iterdir()):
             if entry.suffix == ".env" or entry.name.startswith("."):
                 continue
-            if entry.is_dir():
-                yield from _directory(entry)
-            elif entry.is_file() and _is_mbox(entry):
-                yield from _mbox(entry)
-            elif entry.is_file():
-                yield _file(entry)
+            try:  # one entry that cannot be read is reported; the rest of the directory goes on
+                if entry.is_dir():
+                    yield from _directory(entry)
+                elif entry.is_file() and _is_mbox(entry):
+                    yield from _mbox(entry)
+                elif entry.is_file():
+                    yield _file(entry)
+                else:  # a dangling or looping link, a socket: said, not skipped
+                    yield _unreadable(str(entry), "not a file or a directory")
+            except OSError as exc:
+                yield _unreadable(str(entry), exc.strerror or str(exc))
 
 
 def _file(path: Path) -> Item:

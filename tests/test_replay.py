@@ -228,3 +228,14 @@ def test_a_progress_bar_on_a_terminal(tmp_path):
     assert out.returncode == 0
     assert "\rreplay [#########################.....] 25/30" in shown
     assert shown.endswith("\rreplay [" + "#" * 30 + "] 30/30\r\n")
+
+
+def test_an_unreadable_entry_in_a_directory_does_not_stop_the_rest(tmp_path):
+    (tmp_path / "a.eml").write_bytes(CLEAN)
+    (tmp_path / "b.eml").symlink_to(tmp_path / "b.eml")  # a loop: opening it fails
+    (tmp_path / "c.eml").write_bytes(CLEAN)
+    out = replay("--json", str(tmp_path))
+    found, _ = records(out)
+    assert [Path(r["source"]).name for r in found] == ["a.eml", "b.eml", "c.eml"]
+    assert [r["verdict"] for r in found] == ["accept", "unreadable", "accept"]
+    assert out.returncode == 1
