@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from qqfilter import dryrun, sources
 from qqfilter.message import Connection
 from qqfilter.settings import Settings
-from qqfilter.spool import write_all
 
 FIELDS = ("source", "verdict", "code", "check", "tag", "reason", "notes", "derived")
 
@@ -45,19 +44,16 @@ def replay_one(item: sources.Item, options: Options, settings: Settings) -> dict
     if item.why:
         return _unreadable(record, item.why)
     try:
-        data = sources.read(item)
+        fd = sources.open_message(item)
     except OSError as exc:
         return _unreadable(record, exc.strerror or str(exc))
-    if options.ip:
-        item.ip, item.helo = options.ip, options.helo
-    derived = sources.complete(item, data, options.sender, options.recipients)
-    record["derived"] = "; ".join(x for x in (item.origin, derived) if x)
-    connection = Connection(remote_ip=item.ip, helo=options.helo or item.helo)
-    connection.relayclient = options.relayclient
-    fd = os.memfd_create("replay", os.MFD_CLOEXEC)
     try:
-        write_all(fd, data, "memory")
-        os.lseek(fd, 0, os.SEEK_SET)
+        if options.ip:
+            item.ip, item.helo = options.ip, options.helo
+        derived = sources.complete(item, fd, options.sender, options.recipients)
+        record["derived"] = "; ".join(x for x in (item.origin, derived) if x)
+        connection = Connection(remote_ip=item.ip, helo=options.helo or item.helo)
+        connection.relayclient = options.relayclient
         result = dryrun.run(fd, item.envelope or b"", connection, settings)
     except Exception as exc:  # a bug must cost one line of the report, not the run
         record.update(verdict="error", reason=f"internal error: {type(exc).__name__}: {exc}")

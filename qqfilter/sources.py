@@ -164,19 +164,31 @@ def _queue(path: Path) -> Iterator[Item]:
             yield item
 
 
-def read(item: Item) -> bytes:
-    """The message bytes of ``item``."""
-    with open(item.path, "rb") as stream:
-        if item.length < 0:
-            return stream.read()
-        return os.pread(stream.fileno(), item.length, item.offset)
+def open_message(item: Item) -> int:
+    """A descriptor at offset 0 holding just the message of ``item`` (the file itself, or
+    for an mbox message a copy of its range made by the kernel): never the whole in memory."""
+    fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
+    if item.length < 0:
+        return fd
+    try:
+        copy = os.memfd_create("replay", os.MFD_CLOEXEC)
+        offset, left = item.offset, item.length
+        while left > 0:
+            sent = os.sendfile(copy, fd, offset, left)
+            if not sent:
+                break
+            offset, left = offset + sent, left - sent
+        os.lseek(copy, 0, os.SEEK_SET)
+        return copy
+    finally:
+        os.close(fd)
 
 
-def complete(item: Item, data: bytes, sender: str | None, recipients: list[str]) -> str:
+def complete(item: Item, fd: int, sender: str | None, recipients: list[str]) -> str:
     """Fill in the envelope and client of ``item`` from options, else from the headers of
-    ``data``; returns what was derived, in words ("" when nothing needed to be)."""
+    the message on ``fd``; returns what was derived, in words ("" when nothing had to be)."""
     said = []
-    head = data[:HEAD].split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    head = os.pread(fd, HEAD, 0).split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
     if sender is not None or recipients:
         item.envelope = envelope_format.serialize(
             (sender or "").encode("utf-8", "surrogateescape"),
