@@ -3,7 +3,7 @@
 Libraries are imported once, at start; DNS answers are cached by their TTLs; each message is
 decided in a thread of its own by exactly the code the one-shot program runs
 (qqfilter.qmailqueue.decide), on the client's own descriptors. At most ``limit`` messages are
-in work at once; a client that waits longer than ``wait`` seconds for a turn gets 71. Only
+under the checks at once (Gate); one that waits longer than ``wait`` seconds gets 71. Only
 peers whose uid (SO_PEERCRED) is allowed may use the socket, and the socket's mode says the
 same. SIGHUP empties the DNS cache (settings and control files are read for every message
 anyway); SIGTERM stops accepting, lets the messages in work finish, and exits.
