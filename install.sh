@@ -70,6 +70,9 @@ pip=("$venv/bin/python3" -m pip install --quiet --disable-pip-version-check)
 if [ "$dev" = 1 ]; then
   "${pip[@]}" -e "$here[dev]"
 else
+  # setuptools builds in $here/build and never removes what it copied there before: a module
+  # that a newer version moved or deleted would be installed again. Build from a clean slate.
+  rm -rf "$here/build"
   "${pip[@]}" "$here"
   "${pip[@]}" --force-reinstall --no-deps "$here"
 fi

@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args:
         environ = dict(os.environ)
         if environ.get("QQF_SOCKET"):
-            from qqfilter import client
+            from qqfilter.resident import client
 
             code = client.run(environ)
             if code is not None:
@@ -20,6 +20,6 @@ def main(argv: list[str] | None = None) -> int:
         from qqfilter.qmailqueue import run
 
         return run(environ)
-    from qqfilter.commands import dispatch
+    from qqfilter.tools import dispatch
 
     return dispatch(args)

@@ -34,15 +34,38 @@ def read_trusted(path: str, name: str, limit: int = 1 << 20) -> bytes | None:
     """The first ``limit`` bytes of ``path``; None when it does not exist. Raises QueueError
     55 when it cannot be read or is not trusted (see unsafe)."""
     try:
+        return trusted_bytes(path, limit)
+    except Untrusted as exc:
+        raise QueueError(CONFIG_ERROR, f"{name}: {path} {exc}") from None
+    except OSError as exc:
+        raise unreadable(name, path, exc) from None
+
+
+def trusted_lines(path: str, name: str) -> list[str] | None:
+    """The non-blank lines of a trusted file (users/assign, a list file), as latin-1 text;
+    None when it does not exist. Raises QueueError 55 as read_trusted does."""
+    data = read_trusted(path, name, 1 << 30)
+    if data is None:
+        return None
+    return [line for line in data.decode("latin-1").split("\n") if line.strip()]
+
+
+class Untrusted(Exception):
+    """A file that exists and must not be believed; the text says why (see unsafe)."""
+
+
+def trusted_bytes(path: str, limit: int = 1 << 30) -> bytes | None:
+    """The first ``limit`` bytes of ``path``, None when it does not exist: the one place that
+    decides whether a file may be believed. Raises Untrusted, or OSError when it cannot be
+    read."""
+    try:
         with open(path, "rb") as stream:
             why = unsafe(os.fstat(stream.fileno()))
             if why:
-                raise QueueError(CONFIG_ERROR, f"{name}: {path} {why}")
+                raise Untrusted(why)
             return stream.read(limit)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        raise unreadable(name, path, exc) from None
 
 
 def unsafe(status: os.stat_result) -> str:

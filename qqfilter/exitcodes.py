@@ -57,3 +57,9 @@ class QueueError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+def describe(exc: OSError) -> str:
+    """The words for a failed system call in a log line: its strerror ("No such file or
+    directory"), else what the exception says, else its type."""
+    return exc.strerror or str(exc) or type(exc).__name__

@@ -1,14 +1,22 @@
 """Handing an accepted message to the next queue program, as qmail-queue expects it.
 
 The next program replaces this process (``exec``), so its exit status reaches qmail-smtpd
-unchanged: no window where we report success for a message it failed to queue.
+unchanged: no window where we report success for a message it failed to queue. ``execute`` is
+the one exec of the project: the one-shot program and the resident client (which runs in the
+process qmail-smtpd started) both call it, so its imports are C modules and exitcodes only;
+the spool helpers are imported where a message is prepared.
 """
 
+from __future__ import annotations
+
+import _signal  # not signal: that one imports enum, ~5 ms of start-up for the client
 import os
-import signal
 
 from qqfilter.exitcodes import TEMPFAILED, WRITE_ERROR, QueueError
-from qqfilter.spool import Spool, anonymous_file, write_all
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.spool import Spool
 
 
 def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
@@ -20,6 +28,8 @@ def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
     if not headers:
         os.lseek(spool.fd, 0, os.SEEK_SET)
         return spool.fd
+    from qqfilter.spool import anonymous_file, write_all
+
     fd = anonymous_file(directory)
     try:
         write_all(fd, headers, directory)
@@ -57,13 +67,15 @@ def execute(program: str, message: int, envelope: int) -> None:
     """Become ``program`` with fd 0 = ``message`` and fd 1 = ``envelope``; never returns.
 
     Descriptors this process opened are close-on-exec, so only 0, 1, 2 and whatever our own
-    caller passed down survive. Signal dispositions Python changed are put back first. A program
-    that cannot be executed is 71.
+    caller passed down survive. CPython ignores SIGPIPE and SIGXFSZ from its start (so a
+    full pipe or a file size limit is an error we report, not a death); an exec keeps ignored
+    signals ignored, so both are put back to their defaults for qmail-queue. A program that
+    cannot be executed is 71.
     """
     os.dup2(message, 0)
     os.dup2(envelope, 1)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
     try:
         os.execv(program, [program])
     except OSError as exc:

@@ -4,7 +4,11 @@ Values are built from things a client chose (HELO names, senders, signature name
 byte that could end a line or confuse a reader is replaced before it is written.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # collections.abc costs start-up: the type checker alone reads it
+    from collections.abc import Iterable
 
 FOLD_AT = 78
 

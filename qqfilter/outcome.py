@@ -7,10 +7,16 @@ text is only written when QQF_ERRFD names a descriptor that really is a pipe ope
 (qqfilter.replypipe).
 """
 
+from __future__ import annotations
+
 from qqfilter import exitcodes
 from qqfilter.headers import clean
 from qqfilter.policy import ACCEPT, DROP, REJECT, TEMPFAIL, Verdict
-from qqfilter.settings import Settings
+from qqfilter.settings import CODES, ERRFD, Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SQMAIL_CODES = {
     "virus": exitcodes.SQMAIL_VIRUS,
@@ -27,9 +33,22 @@ def exit_code(verdict: Verdict, settings: Settings) -> int:
         return exitcodes.QUEUED
     if verdict.action == TEMPFAIL:
         return exitcodes.TEMPFAILED
-    if settings.codes == "sqmail":
+    if settings[CODES] == "sqmail":
         return SQMAIL_CODES.get(verdict.category, exitcodes.REJECTED)
     return exitcodes.REJECTED
+
+
+def answer(
+    verdict: Verdict, settings: Settings, reply_usable: Callable[[int], bool]
+) -> tuple[int, bytes]:
+    """The exit code and the custom-reply line (b"" for none) for a verdict that is not
+    handed on: the one place that turns a verdict into what qmail-smtpd sees. A refusal is 82
+    with its text when QQF_ERRFD names a descriptor for which ``reply_usable`` is true."""
+    code = exit_code(verdict, settings)
+    errfd = settings[ERRFD]
+    if verdict.action not in (ACCEPT, DROP) and errfd and reply_usable(errfd):
+        return exitcodes.CUSTOM_REPLY, custom_reply(verdict)
+    return code, b""
 
 
 def custom_reply(verdict: Verdict) -> bytes:

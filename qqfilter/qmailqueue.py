@@ -3,53 +3,69 @@
 ``decide`` reads the message (fd 0 first: qmail-smtpd writes all of it before the envelope)
 and the envelope, asks the pipeline for a verdict, and says what is to be done: exit with a
 code, or hand the message on. ``perform`` does it. The two are apart because the resident
-server (qqfilter.server) decides for a client process that then performs. Whatever happens,
-exactly one log line is written and the exit status is one qmail-smtpd understands; nothing is
-left on disk.
+server (qqfilter.resident.server) decides for a client process that then performs. Whatever
+happens, exactly one log line is written and the exit status is one qmail-smtpd understands;
+nothing is left on disk.
 """
 
+from __future__ import annotations
+
 import os
-import signal
 import time
 
-from qqfilter import envelope as envelope_reader
-from qqfilter import exitcodes, handoff, logline, replypipe
+from qqfilter import envelope, exitcodes, handoff, logline, replypipe
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.message import Connection, Message
-from qqfilter.outcome import custom_reply, exit_code
+from qqfilter.outcome import answer
 from qqfilter.pipeline import evaluate
-from qqfilter.policy import ACCEPT, DROP
-from qqfilter.settings import load
+from qqfilter.policy import ACCEPT
+from qqfilter.settings import ERRFD, LOG, QMAILQUEUE, SPOOLDIR, Settings, load
+from qqfilter.spool import Spool
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+
+
+class Action:
+    """What to do: exit with ``code`` after writing ``reply`` (if any) to descriptor
+    ``errfd``, or, with a ``program``, exec it on ``message_fd`` and ``envelope_fd``.
+    Hand-written ``__slots__`` records here, as on the whole queue path: dataclasses costs
+    ~10 ms of start-up."""
+
+    __slots__ = ("code", "envelope_fd", "errfd", "message_fd", "program", "reply")
+
+    def __init__(
+        self,
+        code: int,
+        *,
+        reply: bytes = b"",
+        errfd: int = 0,
+        program: str = "",
+        message_fd: int = -1,
+        envelope_fd: int = -1,
+    ) -> None:
+        self.code = code
+        self.reply = reply
+        self.errfd = errfd
+        self.program = program
+        self.message_fd = message_fd
+        self.envelope_fd = envelope_fd
 
 
 class Decision:
-    """What to do: exit with ``code`` after writing ``reply`` (if any) to descriptor
-    ``errfd``, or, with a ``program``, exec it on ``message_fd`` and ``envelope_fd``; and the
-    log ``line`` to write first."""
+    """The Action and the log line to write before it is carried out (in ``style``, for the
+    line a failed exec adds, naming ``pid``)."""
 
-    __slots__ = (
-        "code",
-        "envelope_fd",
-        "errfd",
-        "line",
-        "message_fd",
-        "pid",
-        "program",
-        "reply",
-        "style",
-    )
+    __slots__ = ("action", "line", "pid", "style")
 
-    def __init__(self, code: int, line: str = "") -> None:
-        self.code = code
+    def __init__(self, action: Action, line: str, style: str, pid: int) -> None:
+        self.action = action
         self.line = line
-        self.style = "text"
-        self.pid = os.getpid()
-        self.reply = b""
-        self.errfd = 0
-        self.program = ""
-        self.message_fd = -1
-        self.envelope_fd = -1
+        self.style = style
+        self.pid = pid
 
 
 def run(environ: dict[str, str]) -> int:
@@ -59,15 +75,15 @@ def run(environ: dict[str, str]) -> int:
 
 def decide(
     environ: dict[str, str],
-    message: int,
-    envelope: int,
-    reply_usable,
+    message_fd: int,
+    envelope_fd: int,
+    reply_usable: Callable[[int], bool],
     pid: int = 0,
-    gate=None,
+    gate: AbstractContextManager[None] | None = None,
 ) -> Decision:
-    """The Decision for the message on descriptor ``message`` and the envelope on
-    ``envelope``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid`` is
-    the process the log line names (the one qmail-smtpd started; by default this one), and
+    """The Decision for the message on descriptor ``message_fd`` and the envelope on
+    ``envelope_fd``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid``
+    is the process the log line names (the one qmail-smtpd started; by default this one), and
     ``gate``, a context manager the resident server gives, is held while checks run.
 
     Never raises: an unexpected exception is 81 (memory exhaustion 51), with its log line.
@@ -77,57 +93,62 @@ def decide(
     pid = pid or os.getpid()
     fields: dict[str, object] = {"pid": pid, "ip": connection.remote_ip}
     style = "json" if environ.get("QQF_LOG") == "json" else "text"
-    decision = None
+    action = None
     try:
         settings, errors = load(environ)
         if errors:
             more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
             raise QueueError(exitcodes.CONFIG_ERROR, f"{errors[0]}{more}")
-        style = settings.log
-        decision = _filter(connection, settings, fields, message, envelope, reply_usable, gate)
-        code = decision.code
+        style = settings[LOG]
+        action = _filter(connection, settings, fields, message_fd, envelope_fd, reply_usable, gate)
     except QueueError as exc:
-        code = exc.code
         fields.update(verdict="error", reason=exc.reason)
+        action = Action(exc.code)
     except MemoryError:
-        code = exitcodes.OUT_OF_MEMORY
         fields.update(verdict="error", reason="out of memory")
+        action = Action(exitcodes.OUT_OF_MEMORY)
     except Exception as exc:
-        code = exitcodes.INTERNAL_BUG
         fields.update(verdict="error", reason=f"internal error: {type(exc).__name__}: {exc}")
-    if decision is None:
-        decision = Decision(code)
-    if not decision.program:
-        fields["code"] = code
+        action = Action(exitcodes.INTERNAL_BUG)
+    if not action.program:
+        fields["code"] = action.code
     fields["ms"] = round((time.monotonic() - started) * 1000)
-    decision.style, decision.pid = style, pid
-    decision.line = logline.format_line(fields, style)
-    return decision
+    return Decision(action, logline.format_line(fields, style), style, pid)
 
 
 def _filter(
-    connection, settings, fields, message: int, envelope: int, reply_usable, gate
-) -> Decision:
-    """Spool, then decide; the spool is closed unless it is what is handed on (a resident
+    connection: Connection,
+    settings: Settings,
+    fields: dict[str, object],
+    message_fd: int,
+    envelope_fd: int,
+    reply_usable: Callable[[int], bool],
+    gate: AbstractContextManager[None] | None,
+) -> Action:
+    """Spool, then judge; the spool is closed unless it is what is handed on (a resident
     server lives on: every descriptor it keeps is a file it keeps on disk)."""
-    if threading_main():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a file size limit becomes EFBIG: 53
-    from qqfilter.spool import Spool
-
-    spool = Spool.receive(message, settings.spooldir)
-    decision = None
+    spool = Spool.receive(message_fd, settings[SPOOLDIR])
+    action = None
     try:
-        decision = _judge(spool, connection, settings, fields, envelope, reply_usable, gate)
+        action = _judge(spool, connection, settings, fields, envelope_fd, reply_usable, gate)
     finally:
-        if decision is None or decision.message_fd != spool.fd:
+        if action is None or action.message_fd != spool.fd:
             spool.close()
-    return decision
+    return action
 
 
-def _judge(spool, connection, settings, fields, envelope: int, reply_usable, gate) -> Decision:
-    """Parse the envelope, evaluate, decide. Raises QueueError on contract failures."""
+def _judge(
+    spool: Spool,
+    connection: Connection,
+    settings: Settings,
+    fields: dict[str, object],
+    envelope_fd: int,
+    reply_usable: Callable[[int], bool],
+    gate: AbstractContextManager[None] | None,
+) -> Action:
+    """Parse the envelope, evaluate, conclude. Raises QueueError on contract failures."""
     fields["size"] = spool.size
-    parsed = envelope_reader.read(envelope)
+    parsed = envelope.read(envelope_fd)
     fields.update({"from": logline.address(parsed.sender), "rcpts": len(parsed.recipients)})
     if gate is None:
         verdict = evaluate(Message(spool, parsed, connection), settings)
@@ -143,40 +164,30 @@ def _judge(spool, connection, settings, fields, envelope: int, reply_usable, gat
         notes="; ".join(verdict.notes),
     )
     if verdict.action != ACCEPT:
-        decision = Decision(exit_code(verdict, settings))
-        if verdict.action != DROP and settings.errfd and reply_usable(settings.errfd):
-            decision.code = exitcodes.CUSTOM_REPLY
-            decision.reply = custom_reply(verdict)
-            decision.errfd = settings.errfd
-        return decision
-    program = settings.qmailqueue
+        code, reply = answer(verdict, settings, reply_usable)
+        return Action(code, reply=reply, errfd=settings[ERRFD] if reply else 0)
+    program = settings[QMAILQUEUE]
     if not os.path.isfile(program) or not os.access(program, os.X_OK):
         raise QueueError(exitcodes.TEMPFAILED, f"qmail-queue: cannot run {program}: not executable")
-    decision = Decision(exitcodes.QUEUED)
-    decision.program = program
-    decision.message_fd = handoff.message_fd(spool, render(verdict.headers), settings.spooldir)
-    decision.envelope_fd = handoff.envelope_fd(parsed.raw)
-    return decision
-
-
-def threading_main() -> bool:
-    """True in the main thread; the resident server decides in others (it ignores SIGXFSZ
-    itself, and only the main thread may set signal handlers)."""
-    import sys
-
-    threading = sys.modules.get("threading")
-    return threading is None or threading.current_thread() is threading.main_thread()
+    message_fd = handoff.message_fd(spool, render(verdict.headers), settings[SPOOLDIR])
+    return Action(
+        exitcodes.QUEUED,
+        program=program,
+        message_fd=message_fd,
+        envelope_fd=handoff.envelope_fd(parsed.raw),
+    )
 
 
 def perform(decision: Decision) -> int:
     """Write the log line and the reply, then exec the program or return the exit code."""
     logline.write_line(decision.line)
-    if not decision.program:
-        if decision.reply:
-            replypipe.write(decision.errfd, decision.reply)
-        return decision.code
+    action = decision.action
+    if not action.program:
+        if action.reply:
+            replypipe.write(action.errfd, action.reply)
+        return action.code
     try:
-        handoff.execute(decision.program, decision.message_fd, decision.envelope_fd)
+        handoff.execute(action.program, action.message_fd, action.envelope_fd)
     except QueueError as exc:  # the accept line is out; this second line says it failed
         failed = {"pid": decision.pid, "verdict": "error", "code": exc.code, "reason": exc.reason}
         logline.write_line(logline.format_line(failed, decision.style))

@@ -5,12 +5,21 @@ once), so it vanishes with the last descriptor, whatever kills the process. Memo
 buffer whatever the message size.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 
-from qqfilter.exitcodes import READ_ERROR, WRITE_ERROR, QueueError
+from qqfilter.exitcodes import READ_ERROR, WRITE_ERROR, QueueError, describe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import re
 
 BUFFER = 262144
+"""Bytes read from descriptor 0 at a time."""
+WINDOW = 1 << 20
+"""Bytes searched at a time."""
 
 
 def anonymous_file(directory: str) -> int:
@@ -31,7 +40,7 @@ def anonymous_file(directory: str) -> int:
         return fd
     except OSError as exc:
         raise QueueError(
-            WRITE_ERROR, f"spool: cannot create a file in {directory}: {_why(exc)}"
+            WRITE_ERROR, f"spool: cannot create a file in {directory}: {describe(exc)}"
         ) from None
 
 
@@ -40,7 +49,9 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
 class Spool:
-    """A message held in an anonymous file: its descriptor (read it with os.pread) and size."""
+    """A message held in an anonymous file: its descriptor and size, read at any offset
+    (pread), in windows of WINDOW bytes when searched, so a search costs one window of
+    memory whatever the message size."""
 
     __slots__ = ("fd", "size")
 
@@ -49,7 +60,7 @@ class Spool:
         self.size = size
 
     @classmethod
-    def receive(cls, source: int, directory: str) -> "Spool":
+    def receive(cls, source: int, directory: str) -> Spool:
         """Copy everything readable from descriptor ``source`` into a new spool file.
 
         A read error is 54, a write error (disk full, file size limit) 53; either way the
@@ -63,7 +74,7 @@ class Spool:
                     chunk = os.read(source, BUFFER)
                 except OSError as exc:
                     raise QueueError(
-                        READ_ERROR, f"message: cannot read fd {source}: {_why(exc)}"
+                        READ_ERROR, f"message: cannot read fd {source}: {describe(exc)}"
                     ) from None
                 if not chunk:
                     break
@@ -78,6 +89,45 @@ class Spool:
         """Release the file; the kernel frees it with its last descriptor."""
         os.close(self.fd)
 
+    def read(self, start: int, length: int) -> bytes:
+        """Up to ``length`` bytes from offset ``start`` (fewer only at the end)."""
+        length = max(0, min(length, self.size - start))
+        data = os.pread(self.fd, length, start)
+        while len(data) < length:
+            more = os.pread(self.fd, length - len(data), start + len(data))
+            if not more:
+                break
+            data += more
+        return data
+
+    def search(self, pattern: re.Pattern[bytes], start: int, end: int, reach: int) -> bytes:
+        """The first match of ``pattern`` (at most ``reach`` bytes long) in [start, end), or
+        b"" when there is none."""
+        position = start
+        while position < end:
+            window = self.read(position, min(WINDOW + reach, end - position))
+            found = pattern.search(window)
+            if found:
+                return found.group(0)
+            if position + len(window) >= end:
+                return b""
+            position += WINDOW
+        return b""
+
+    def find(self, needle: bytes, start: int, end: int) -> int:
+        """The offset of ``needle`` in [start, end), or -1."""
+        overlap = len(needle) - 1
+        position = start
+        while position < end:
+            window = self.read(position, min(WINDOW + overlap, end - position))
+            found = window.find(needle)
+            if found >= 0:
+                return position + found
+            if position + len(window) >= end:
+                return -1
+            position += WINDOW
+        return -1
+
 
 def write_all(fd: int, data: bytes, directory: str) -> None:
     """Write all of ``data`` to ``fd``; a failure is 53, naming ``directory``."""
@@ -86,9 +136,5 @@ def write_all(fd: int, data: bytes, directory: str) -> None:
         try:
             view = view[os.write(fd, view) :]
         except OSError as exc:
-            reason = f"spool: cannot write in {directory}: {_why(exc)}"
+            reason = f"spool: cannot write in {directory}: {describe(exc)}"
             raise QueueError(WRITE_ERROR, reason) from None
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or str(exc)

@@ -357,7 +357,7 @@ def test_random_binary_data_is_not_taken_for_an_executable():
     """Compressed or encrypted files look random: none may be taken for one of the kinds."""
     import random
 
-    from qqfilter.filetypes import content_kind
+    from qqfilter.checks.mime.filetypes import content_kind
 
     rng = random.Random(7)
     flagged = []

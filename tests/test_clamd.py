@@ -277,12 +277,12 @@ def test_malformed_clamd_setting_is_55(qq, value, why):
 
 
 def test_ipv6_and_bare_host_forms_are_accepted():
-    from qqfilter.clamd import _address
+    from qqfilter.checks.virus.clamd import endpoint
 
-    assert _address("[::1]:3310")[1] == ("::1", 3310)
-    assert _address("[::1]")[1] == ("::1", 3310)
-    assert _address("clamd.example.org")[1] == ("clamd.example.org", 3310)
-    assert _address("/run/clamav/clamd.ctl")[1] == "/run/clamav/clamd.ctl"
+    assert endpoint("[::1]:3310") == ("::1", 3310)
+    assert endpoint("[::1]") == ("::1", 3310)
+    assert endpoint("clamd.example.org") == ("clamd.example.org", 3310)
+    assert endpoint("/run/clamav/clamd.ctl") == "/run/clamav/clamd.ctl"
 
 
 def test_qqfilter_test_shows_the_detail_and_notes(clamd_server, tmp_path):

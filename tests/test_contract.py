@@ -67,6 +67,23 @@ def test_qmail_queue_gets_no_descriptor_beyond_0_1_2(qq):
     assert out.fds == [0, 1, 2]
 
 
+def test_qmail_queue_starts_with_default_signal_dispositions(qq):
+    """Python ignores SIGPIPE and SIGXFSZ; qmail-queue must not inherit that, in either mode
+    (the resident client once exec'd it with SIGXFSZ still ignored)."""
+    wrapper = qq.tmp / "qmail-queue-sigs"
+    # a shell cannot undo an ignored signal it inherits: its SigIgn is what exec gave it
+    wrapper.write_text(
+        f'#!/bin/sh\ngrep SigIgn /proc/$$/status > "$FAKEQQ_DIR/sigign"\nexec {qq.queue}\n'
+    )
+    wrapper.chmod(0o755)
+    out = qq.submit(PLAIN, ENV, env={"QQF_QMAILQUEUE": str(wrapper)})
+    assert out.returncode == 0, out.stderr
+    assert out.message == PLAIN
+    ignored = int((qq.record / "sigign").read_text().split()[1], 16)
+    for number in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not ignored & (1 << (number - 1)), signal.Signals(number).name
+
+
 @pytest.mark.parametrize("code", [0, 31, 53, 71, 81, 91])
 def test_qmail_queue_exit_status_reaches_the_caller_unchanged(qq, code):
     out = qq.submit(PLAIN, ENV, env={"FAKEQQ_EXIT": str(code)})

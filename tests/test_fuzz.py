@@ -10,10 +10,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qqfilter import envelope, handoff
-from qqfilter.authheaders import authentication_results, received_spf
+from qqfilter.checks.spf.evaluation import RESULTS, Evaluation
+from qqfilter.checks.spf.fields import authentication_results, received_spf
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
-from qqfilter.spfeval import RESULTS, Result
 from qqfilter.spool import Spool, anonymous_file, write_all
 
 EXAMPLES = int(os.environ.get("QQF_FUZZ_EXAMPLES", "0"))
@@ -65,7 +65,7 @@ TEXT = st.text(max_size=400)
 def test_stamped_headers_are_well_formed_and_the_message_follows_unchanged(
     result, ip, sender, helo, domain, problem, mechanism, receiver, body
 ):
-    stamped = Result(
+    stamped = Evaluation(
         result,
         client_ip=ip,
         sender=sender,

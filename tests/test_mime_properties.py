@@ -14,10 +14,10 @@ import time
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from qqfilter.checks import attachments
+from qqfilter.checks import mime
+from qqfilter.checks.mime.walk import Walk
 from qqfilter.envelope import parse
 from qqfilter.message import Connection, Message
-from qqfilter.mime import Source, Walk
 from qqfilter.settings import Settings
 from qqfilter.spool import Spool, anonymous_file, write_all
 
@@ -89,7 +89,7 @@ def test_the_walk_never_raises_and_ends_quickly(data):
     spool = spool_of(data, directory)
     try:
         started = time.monotonic()
-        walk = Walk(Source(spool.fd, spool.size), max_depth=8, max_parts=50)
+        walk = Walk(spool, max_depth=8, max_parts=50)
         parts = list(walk)
         assert time.monotonic() - started < 2
         assert len(parts) <= 50
@@ -111,7 +111,7 @@ def test_the_check_always_gives_a_verdict(data):
         message = Message(
             spool, parse(b"Fa@example.com\0Tb@example.org\0\0"), Connection("192.0.2.1")
         )
-        found = attachments.check(message, Settings.defaults())
+        found = mime.check(message, Settings.defaults())
         assert found is None or found.outcome in ("clean", "refuse")
     finally:
         spool.close()

@@ -7,12 +7,13 @@ import pytest
 
 from qqfilter import exitcodes, handoff
 from qqfilter.checks import Finding
+from qqfilter.checks.size import MAXSIZE
 from qqfilter.envelope import parse, serialize
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.outcome import custom_reply, exit_code, smtp_reply
-from qqfilter.policy import ACCEPT, DROP, REJECT, TEMPFAIL, Verdict, decide
-from qqfilter.settings import Settings, load
+from qqfilter.policy import ACCEPT, DROP, REJECT, TEMPFAIL, Verdict, judge
+from qqfilter.settings import CODES, DROP_CATEGORIES, ERRFD, Settings, load
 from qqfilter.spool import Spool, anonymous_file
 
 
@@ -101,12 +102,12 @@ def _finding(outcome, category="policy", check="c"):
 def test_policy_refusal_beats_unknown_and_unknown_beats_accept():
     clean = Finding("a", Finding.CLEAN, headers=(("X-A", "1"),))
     settings = Settings.defaults()
-    verdict = decide(
+    verdict = judge(
         [clean, _finding(Finding.UNKNOWN), _finding(Finding.REFUSE, check="r")], settings
     )
     assert (verdict.action, verdict.check) == (REJECT, "r")
-    assert decide([clean, _finding(Finding.UNKNOWN)], settings).action == TEMPFAIL
-    accepted = decide([clean], settings)
+    assert judge([clean, _finding(Finding.UNKNOWN)], settings).action == TEMPFAIL
+    accepted = judge([clean], settings)
     assert (accepted.action, accepted.headers) == (ACCEPT, (("X-A", "1"),))
 
 
@@ -115,8 +116,8 @@ def test_policy_drops_only_the_categories_asked_for(tmp_path):
     empty.write_text("")
     settings, errors = load({"QQF_DROP": "virus,spam", "QQF_CONFIG": str(empty)})
     assert errors == []
-    assert decide([_finding(Finding.REFUSE, "virus")], settings).action == DROP
-    assert decide([_finding(Finding.REFUSE, "policy")], settings).action == REJECT
+    assert judge([_finding(Finding.REFUSE, "virus")], settings).action == DROP
+    assert judge([_finding(Finding.REFUSE, "policy")], settings).action == REJECT
 
 
 @pytest.mark.parametrize(
@@ -126,8 +127,7 @@ def test_policy_drops_only_the_categories_asked_for(tmp_path):
 def test_reject_codes_by_category(category, qmail, sqmail):
     verdict = Verdict(REJECT, category=category, reason="r")
     assert exit_code(verdict, Settings.defaults()) == qmail
-    settings = Settings.defaults()
-    settings.codes = "sqmail"
+    settings = Settings.defaults().but(CODES, "sqmail")
     assert exit_code(verdict, settings) == sqmail
 
 
@@ -153,9 +153,9 @@ def test_settings_precedence(tmp_path):
     config.write_text('maxsize = 10\ncodes = "sqmail"\n')
     settings, errors = load({"QQF_CONFIG": str(config), "QQF_MAXSIZE": "99"})
     assert errors == []
-    assert (settings.maxsize, settings.sources["maxsize"]) == (99, "QQF_MAXSIZE")
-    assert (settings.codes, settings.sources["codes"]) == ("sqmail", str(config))
-    assert (settings.errfd, settings.sources["errfd"]) == (0, "default")
+    assert (settings[MAXSIZE], settings.sources["maxsize"]) == (99, "QQF_MAXSIZE")
+    assert (settings[CODES], settings.sources["codes"]) == ("sqmail", str(config))
+    assert (settings[ERRFD], settings.sources["errfd"]) == (0, "default")
 
 
 def test_settings_from_toml_must_have_the_right_type(tmp_path):
@@ -163,8 +163,8 @@ def test_settings_from_toml_must_have_the_right_type(tmp_path):
     config.write_text('maxsize = "lots"\ndrop = ["virus"]\nerrfd = 6\n')
     settings, errors = load({"QQF_CONFIG": str(config)})
     assert [e.name for e in errors] == ["maxsize"]
-    assert settings.drop == frozenset({"virus"})
-    assert settings.errfd == 6
+    assert settings[DROP_CATEGORIES] == frozenset({"virus"})
+    assert settings[ERRFD] == 6
 
 
 def test_spool_falls_back_to_create_and_unlink_without_o_tmpfile(tmp_path, monkeypatch):

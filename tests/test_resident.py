@@ -62,7 +62,7 @@ def test_peers_are_checked_by_their_credentials():
     """SO_PEERCRED on a real socket pair: this process is the peer."""
     import socket
 
-    from qqfilter.server import peer_allowed
+    from qqfilter.resident.server import peer_allowed
 
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
@@ -195,11 +195,11 @@ def test_the_client_imports_no_pipeline_module(tmp_path, server):
             },
         )
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
-    assert "qqfilter.client" in imported
+    assert "qqfilter.resident.client" in imported
     for heavy in (
         "qqfilter.settings",
         "qqfilter.qmailqueue",
-        "qqfilter.mime",
+        "qqfilter.checks",
         "socket",
         "enum",
         "signal",

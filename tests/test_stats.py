@@ -10,12 +10,18 @@ import pytest
 from clamav import TEXT_PART, attachment, mime
 from conftest import QQFILTER, envelope
 
-from qqfilter.logread import split_stamp, tai64n
+from qqfilter.tools.stats.logread import TAI64_EPOCH, split_stamp
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 DAY1 = 1_795_000_000 - 1_795_000_000 % 86400  # a midnight, UTC
 PLAIN = b"Subject: hi\n\nhello\n"
 EXE = mime(TEXT_PART, attachment(b"MZ" + bytes(60), b"setup.exe"))
+
+
+def tai64n(seconds: float) -> str:
+    """The TAI64N label for Unix time ``seconds`` (as multilog writes it)."""
+    whole = int(seconds)
+    return f"@{whole + TAI64_EPOCH:016x}{int((seconds - whole) * 1e9):08x}"
 
 
 @pytest.fixture

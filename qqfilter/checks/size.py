@@ -1,17 +1,35 @@
-"""QQF_MAXSIZE: refuse a message larger than the administrator allows."""
+"""Size: refuse a message larger than the administrator allows (QQF_MAXSIZE).
+
+The smallest check unit, and the example docs/architecture.md walks through: a name, an order,
+the one setting it owns, and ``check``.
+"""
+
+from __future__ import annotations
 
 from qqfilter.checks import Finding
 from qqfilter.message import Message
-from qqfilter.settings import Settings
+from qqfilter.settings import Setting, Settings, byte_count
+
+NAME = "size"
+ORDER = 10
+MAXSIZE = Setting(
+    "maxsize",
+    "QQF_MAXSIZE",
+    0,
+    byte_count,
+    "refuse messages larger than this many bytes; 0 = no limit",
+)
+SETTINGS = (MAXSIZE,)
+PRELOAD = ()
 
 
 def check(message: Message, settings: Settings) -> Finding | None:
     """Refuse when the message is over ``maxsize`` bytes (0 = no limit)."""
-    limit = settings.maxsize
+    limit = settings[MAXSIZE]
     if not limit or message.size <= limit:
         return None
     return Finding(
-        "size",
+        NAME,
         Finding.REFUSE,
         f"message is {message.size} bytes, over the limit of {limit}",
         tag="Reject::DATA::Invalid_Size",

@@ -3,6 +3,9 @@
 A log line may carry a TAI64N label (``@4000000069...``, what ``multilog t`` writes) and
 anything before the text. qqfilter's lines are found by their ``qqfilter:`` mark (text) or as
 a JSON object with a ``verdict``; everything else is handed on as it is (qmail-send's lines).
+
+A module of its own under ``stats``: reading lines and stamps off a log is apart from counting
+what the lines say, and the same for every kind of line.
 """
 
 import gzip
@@ -48,12 +51,6 @@ def split_stamp(raw: str) -> Line:
             return Line(None, raw)
         return Line(seconds, raw[25:].lstrip())
     return Line(None, raw)
-
-
-def tai64n(seconds: float) -> str:
-    """The TAI64N label for Unix time ``seconds`` (as multilog writes it)."""
-    whole = int(seconds)
-    return f"@{whole + TAI64_EPOCH:016x}{int((seconds - whole) * 1e9):08x}"
 
 
 def qqfilter_fields(text: str) -> dict[str, str] | None:

@@ -1,14 +1,20 @@
-"""``qqfilter serve``: the resident server the QMAILQUEUE client (qqfilter.client) asks.
+"""``qqfilter serve``: the resident server the QMAILQUEUE client (client.py) asks.
 
-Libraries are imported once, at start; DNS answers are cached by their TTLs; each message is
-decided in a thread of its own by exactly the code the one-shot program runs
-(qqfilter.qmailqueue.decide), on the client's own descriptors. At most ``limit`` messages are
-under the checks at once (Gate); one that waits longer than ``wait`` seconds gets 71. Only
+Libraries are imported once, at start (each check unit's PRELOAD); DNS answers are cached by
+their TTLs; each message is decided in a thread of its own by exactly the code the one-shot
+program runs (qqfilter.qmailqueue.decide), on the client's own descriptors. At most ``limit``
+messages are under the checks at once (Gate); one that waits longer than ``wait`` seconds gets
+71. Only
 peers whose uid (SO_PEERCRED) is allowed may use the socket, and the socket's mode says the
 same. SIGHUP empties the DNS cache (settings and control files are read for every message
-anyway); SIGTERM stops accepting, lets the messages in work finish, and exits.
+anyway); SIGTERM stops accepting, lets the messages in work finish, and exits. The threads
+need SIGPIPE and SIGXFSZ ignored (a client gone, a file size limit: errors, not deaths), as
+CPython sets them at start.
 """
 
+from __future__ import annotations
+
+import argparse
 import contextlib
 import grp
 import os
@@ -21,37 +27,11 @@ import time
 
 from qqfilter import logline
 from qqfilter.exitcodes import TEMPFAILED, QueueError
-from qqfilter.qmailqueue import Decision, decide
+from qqfilter.qmailqueue import Action, Decision, decide
+from qqfilter.resident import wire
 
-MAGIC = b"QQF1"
-MAX_REQUEST = 1 << 20
-PRELOAD = (
-    "dns.resolver",
-    "spf",
-    "magic",
-    "email.message",
-    "email.header",
-    "zipfile",
-    "cdblib",
-    "subprocess",
-    "tomllib",
-    "qqfilter.checks.attachments",
-    "qqfilter.checks.recipients",
-    "qqfilter.checks.spf",
-    "qqfilter.checks.virus",
-    "qqfilter.archives",
-    "qqfilter.authheaders",
-    "qqfilter.clamd",
-    "qqfilter.filetypes",
-    "qqfilter.mailboxes",
-    "qqfilter.mime",
-    "qqfilter.qhpsi",
-    "qqfilter.received",
-    "qqfilter.resolver",
-    "qqfilter.spfeval",
-    "qqfilter.warlord",
-)
-"""What a message may need, imported before the first one comes."""
+PRELOAD = ("tomllib",)
+"""What every message needs besides the check units' own PRELOAD (the TOML file's reader)."""
 
 
 class Server:
@@ -114,20 +94,28 @@ class Server:
         with connection:
             fds: list[int] = []
             try:
-                allowed = self._allowed(connection)
+                allowed = peer_allowed(connection, self.users, self.group)
                 data, ancillary, _flags, _ = connection.recvmsg(
-                    MAX_REQUEST, socket.CMSG_SPACE(2 * 4), socket.MSG_CMSG_CLOEXEC
+                    wire.MAX_REQUEST, wire.FDS_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
-                fds = _descriptors(ancillary)
-                fields = data.split(b"\0")
+                fds = wire.descriptors(ancillary)
+                request = wire.unpack_request(data)
                 if not allowed:
-                    answer = _refusal(fields, "resident server: this user may not use it")
-                elif len(fields) < 3 or fields[0] != MAGIC or len(fds) != 2:
-                    answer = _refusal(fields, "resident server: malformed request")
+                    answer = _refusal(data, "resident server: this user may not use it")
+                elif request is None or len(fds) != 2:
+                    answer = _refusal(data, "resident server: malformed request")
                 else:
-                    decision = self._decide(fields, fds)
-                    if decision.program:  # ours to close once they are on their way
-                        fds += [decision.message_fd, decision.envelope_fd]
+                    decision = decide(
+                        request.environ,
+                        fds[0],
+                        fds[1],
+                        request.pipes.__contains__,
+                        request.pid,
+                        self.gate,
+                    )
+                    action = decision.action
+                    if action.program:  # ours to close once they are on their way
+                        fds += [action.message_fd, action.envelope_fd]
                     answer = _answer(decision)
                 connection.sendmsg(*answer)
             except OSError:
@@ -135,19 +123,6 @@ class Server:
             finally:
                 for fd in fds:
                     os.close(fd)
-
-    def _allowed(self, connection: socket.socket) -> bool:
-        return peer_allowed(connection, self.users, self.group)
-
-    def _decide(self, fields: list[bytes], fds: list[int]) -> Decision:
-        environ = {}
-        for entry in fields[3:]:
-            name, equals, value = entry.partition(b"=")
-            if equals:
-                environ[os.fsdecode(name)] = os.fsdecode(value)
-        pipes = {int(p) for p in fields[2].split(b",") if p.isdigit()}
-        pid = int(fields[1]) if fields[1].isdigit() else 0
-        return decide(environ, fds[0], fds[1], pipes.__contains__, pid, self.gate)
 
 
 class Gate:
@@ -174,52 +149,41 @@ def peer_allowed(connection: socket.socket, users: set[int], group: int | None) 
     return uid in users or (group is not None and gid == group)
 
 
-def _descriptors(ancillary) -> list[int]:
-    return [
-        int.from_bytes(chunk[i : i + 4], sys.byteorder)
-        for level, kind, chunk in ancillary
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
-        for i in range(0, len(chunk) - len(chunk) % 4, 4)
-    ]
-
-
-def _answer(decision: Decision) -> tuple[list[bytes], list]:
-    kind = b"exec" if decision.program else b"exit"
-    payload = b"\0".join(
-        [
-            MAGIC,
-            kind,
-            str(decision.code).encode(),
-            str(decision.errfd).encode(),
-            os.fsencode(decision.program),
+def _answer(decision: Decision) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """The packet (and the descriptors it passes) that tells the client ``decision``."""
+    action = decision.action
+    packet = wire.pack_answer(
+        wire.Answer(
+            wire.EXEC if action.program else wire.EXIT,
+            action.code,
+            action.errfd,
+            action.program,
             decision.line.encode("ascii", "backslashreplace"),
-            decision.reply,
-        ]
+            action.reply,
+        )
     )
-    if not decision.program:
-        return [payload], []
-    fds = decision.message_fd.to_bytes(4, sys.byteorder) + decision.envelope_fd.to_bytes(
-        4, sys.byteorder
-    )
-    return [payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+    if not action.program:
+        return [packet], []
+    return [packet], wire.rights((action.message_fd, action.envelope_fd))
 
 
-def _refusal(fields: list[bytes], reason: str) -> tuple[list[bytes], list]:
-    pid = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
-    line = {"pid": pid, "verdict": "error", "code": 71, "reason": reason}
-    decision = Decision(71, logline.format_text(line))
-    return _answer(decision)
+def _refusal(data: bytes, reason: str) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    """The answer to a request the server will not decide: 71, and a line saying why."""
+    pid = wire.request_pid(data)
+    line = {"pid": pid, "verdict": "error", "code": TEMPFAILED, "reason": reason}
+    return _answer(Decision(Action(TEMPFAILED), logline.format_text(line), "text", pid))
 
 
 def serve(path: str, *, limit: int, wait: float, users: list[str], group: str) -> int:
     """Run the server on ``path`` until SIGTERM; returns the exit status."""
     started = time.monotonic()
-    for name in PRELOAD:
+    from qqfilter.checks import units
+
+    for name in (*PRELOAD, *(name for unit in units() for name in unit.preload)):
         with contextlib.suppress(ImportError):  # libmagic may be missing: checks cope
             __import__(name)
     allowed = {os.getuid(), 0} | {_uid(u) for u in users}
     gid = grp.getgrnam(group).gr_gid if group else None
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     server = Server(path, limit=limit, wait=wait, users=allowed, group=gid)
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: server.stopping.set())
@@ -235,7 +199,7 @@ def _uid(user: str) -> int:
 
 
 def _reload() -> None:
-    from qqfilter import resolver
+    from qqfilter.shared import resolver
 
     resolver.forget()
     _say("SIGHUP: DNS cache emptied; settings and control files are read for every message")
@@ -243,3 +207,36 @@ def _reload() -> None:
 
 def _say(text: str) -> None:
     logline.write_line(f"qqfilter serve: {text}")
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The ``serve`` subcommand."""
+    serve_parser = sub.add_parser(
+        "serve", help="run resident, for QMAILQUEUE clients on a unix socket (QQF_SOCKET)"
+    )
+    serve_parser.add_argument(
+        "--socket", default=os.environ.get("QQF_SOCKET", ""), help="the socket (QQF_SOCKET)"
+    )
+    serve_parser.add_argument("--max", type=int, default=16, help="messages in work at once (16)")
+    serve_parser.add_argument(
+        "--wait", type=float, default=10.0, help="seconds a client may wait for a turn (10)"
+    )
+    serve_parser.add_argument(
+        "--users", default="", help="users besides the server's own (and root) who may connect"
+    )
+    serve_parser.add_argument("--group", default="", help="a group whose members may connect")
+    serve_parser.set_defaults(run=_command)
+
+
+def _command(options: argparse.Namespace) -> int:
+    if not options.socket:
+        logline.write_line("qqfilter serve: give --socket PATH (or QQF_SOCKET)")
+        return 2
+    users = [u for u in options.users.split(",") if u]
+    return serve(
+        options.socket,
+        limit=max(1, options.max),
+        wait=options.wait,
+        users=users,
+        group=options.group,
+    )

@@ -14,11 +14,11 @@ import socket
 import struct
 import time
 
-from qqfilter import hostport
+from qqfilter.checks.virus.clamd import endpoint
+from qqfilter.exitcodes import describe
 
 CHUNK = 262144
 MAX_ANSWER = 4096
-DEFAULT_PORT = 3310
 
 CLEAN = "clean"
 INFECTED = "infected"
@@ -44,31 +44,6 @@ class ScanFailed(Exception):
     """One server could not give an answer; the text says why, for the log."""
 
 
-def parse_servers(value: str) -> tuple[str, ...]:
-    """The comma list of ``unix:/path``, ``/path``, ``host:port``, ``[v6]:port`` or ``host``.
-
-    Raises ValueError for an entry that is none of these.
-    """
-    found = hostport.servers(value, "clamd")
-    for server in found:
-        _address(server)
-    return found
-
-
-def _address(server: str) -> tuple[int, object]:
-    """The socket family and address for one entry of ``parse_servers``."""
-    if server.startswith("unix:") or server.startswith("/"):
-        path = server.removeprefix("unix:")
-        if not path.startswith("/") or "\0" in path:
-            raise ValueError(f"{server!r}: a unix socket needs an absolute path")
-        return socket.AF_UNIX, path
-    try:
-        host, port = hostport.split(server, DEFAULT_PORT)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("host:port", "unix:/path or host:port")) from None
-    return (socket.AF_INET6 if ":" in host else socket.AF_INET), (host, port)
-
-
 def scan(
     fd: int,
     size: int,
@@ -91,24 +66,24 @@ def scan(
             failures.append(f"{server}: not tried, scan deadline passed")
             continue
         try:
-            answer = _scan_one(fd, size, server, connect_timeout, timeout, deadline)
+            result, name = _scan_one(fd, size, server, connect_timeout, timeout, deadline)
         except ScanFailed as exc:
             failures.append(f"{server}: {exc}")
             continue
-        answer.why = "; ".join(failures)
-        return answer
+        return Answer(result, server, name=name, why="; ".join(failures))
     return Answer(UNKNOWN, servers[-1], why="; ".join(failures))
 
 
 def _scan_one(
     fd: int, size: int, server: str, connect_timeout: float, timeout: float, deadline: float
-) -> Answer:
+) -> tuple[str, str]:
+    """(CLEAN or INFECTED, the signature name) from ``server``; raises ScanFailed."""
     try:
         sock = _connect(server, _within(connect_timeout, deadline))
     except TimeoutError:
         raise ScanFailed(f"no connection within {connect_timeout:g} s") from None
     except OSError as exc:
-        raise ScanFailed(f"cannot connect: {_why(exc)}") from None
+        raise ScanFailed(f"cannot connect: {describe(exc)}") from None
     try:
         try:
             _send_stream(sock, fd, size, timeout, deadline)
@@ -116,23 +91,23 @@ def _scan_one(
             raise ScanFailed(f"took no data for {timeout:g} s") from None
         except OSError as exc:
             early = _early_answer(sock)
-            raise ScanFailed(early or f"connection lost mid-stream: {_why(exc)}") from None
+            raise ScanFailed(early or f"connection lost mid-stream: {describe(exc)}") from None
         try:
             text = _receive_answer(sock, timeout, deadline)
         except TimeoutError:
             raise ScanFailed(f"no answer within {timeout:g} s") from None
         except OSError as exc:
-            raise ScanFailed(f"connection lost awaiting the answer: {_why(exc)}") from None
+            raise ScanFailed(f"connection lost awaiting the answer: {describe(exc)}") from None
     finally:
         sock.close()
-    return _interpret(text, server)
+    return _interpret(text)
 
 
 def _connect(server: str, timeout: float) -> socket.socket:
     """A socket connected to ``server`` within ``timeout``; a host name may have several
     addresses, each tried (the name itself is looked up by the system resolver)."""
-    family, address = _address(server)
-    if family != socket.AF_UNIX:
+    address = endpoint(server)
+    if not isinstance(address, str):
         return socket.create_connection(address, timeout=timeout)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -167,14 +142,19 @@ def _send_stream(sock: socket.socket, fd: int, size: int, timeout: float, deadli
 
 
 def _early_answer(sock: socket.socket) -> str:
-    """What clamd said before it closed the stream on us (e.g. its size limit), if anything."""
+    """What the server said before it closed the stream on us: clamd's own words (its size
+    limit, an ``... ERROR``), or, from something that is not clamd, the unexpected answer."""
     try:
         sock.settimeout(0.5)
         data = sock.recv(MAX_ANSWER)
     except OSError:
         return ""
     text = _printable(data.rstrip(b"\0\n"))
-    return f"clamd stopped the stream: {text}" if text else ""
+    if not text:
+        return ""
+    if text.endswith("ERROR"):
+        return f"clamd stopped the stream: {text}"
+    return f"unexpected answer {_printable(data)!r}"
 
 
 def _receive_answer(sock: socket.socket, timeout: float, deadline: float) -> bytes:
@@ -190,17 +170,18 @@ def _receive_answer(sock: socket.socket, timeout: float, deadline: float) -> byt
     return data
 
 
-def _interpret(data: bytes, server: str) -> Answer:
-    """The Answer for clamd's reply to INSTREAM; anything unexpected is a failure."""
+def _interpret(data: bytes) -> tuple[str, str]:
+    """(result, signature name) for clamd's reply to INSTREAM; anything unexpected is a
+    failure."""
     text = data.rstrip(b"\0\n").decode("ascii", "replace")
     if not data.endswith(b"\0"):
         raise ScanFailed(f"incomplete answer {_printable(data)!r}")
     if text == "stream: OK":
-        return Answer(CLEAN, server)
+        return CLEAN, ""
     if text.startswith("stream: ") and text.endswith(" FOUND"):
         name = _printable(text[len("stream: ") : -len(" FOUND")].encode()).strip()
         if name:
-            return Answer(INFECTED, server, name=name[:120])
+            return INFECTED, name[:120]
     if text.endswith(" ERROR"):
         raise ScanFailed(f"clamd error: {_printable(text[: -len(' ERROR')].encode())}")
     raise ScanFailed(f"unexpected answer {_printable(data)!r}")
@@ -209,7 +190,3 @@ def _interpret(data: bytes, server: str) -> Answer:
 def _printable(data: bytes) -> str:
     """``data`` as printable ASCII, anything else as ``?``: clamd's text goes into logs."""
     return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in data[:200])
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__

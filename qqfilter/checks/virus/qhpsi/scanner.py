@@ -18,6 +18,8 @@ import re
 import signal
 import time
 
+from qqfilter.exitcodes import describe
+
 CLEAN = "clean"
 INFECTED = "infected"
 UNKNOWN = "unknown"
@@ -27,7 +29,7 @@ FOUND = re.compile(rb": ([\x21-\x7e][\x20-\x7e]{0,119}?) FOUND\s*$", re.MULTILIN
 """A clamscan-style report line, ``<path>: <signature> FOUND``."""
 
 
-class Result:
+class Report:
     """What the scanner said: CLEAN, INFECTED (``name`` if it printed one) or UNKNOWN, why."""
 
     __slots__ = ("name", "result", "why")
@@ -58,7 +60,7 @@ def scan(
     clean: int,
     timeout: float,
     environ: dict[str, str] | None = None,
-) -> Result:
+) -> Report:
     """Run the scanner on the spool file ``fd`` within ``timeout`` seconds.
 
     While the file has a name, SIGTERM removes it (and the scanner) before the process dies
@@ -73,8 +75,8 @@ def scan(
         try:
             _link_or_copy(fd, path)
         except OSError as exc:
-            why = f"cannot give the message a name in {directory}: {_why(exc)}"
-            return Result(UNKNOWN, why=why)
+            why = f"cannot give the message a name in {directory}: {describe(exc)}"
+            return Report(UNKNOWN, why=why)
         return _run(command(program, path, extra), infected, clean, timeout, environ)
     except _Terminated:
         pass
@@ -116,7 +118,7 @@ def _link_or_copy(fd: int, path: str) -> None:
 
 def _run(
     argv: list[str], infected: int, clean: int, timeout: float, environ: dict[str, str] | None
-) -> Result:
+) -> Report:
     """Run ``argv`` in its own process group; past the deadline the whole group is killed.
 
     The deadline also covers anything the scanner started that keeps its output open.
@@ -135,34 +137,30 @@ def _run(
             env=environ,
         )
     except OSError as exc:
-        return Result(UNKNOWN, why=f"{name}: cannot run: {_why(exc)}")
+        return Report(UNKNOWN, why=f"{name}: cannot run: {describe(exc)}")
     started = time.monotonic()
     try:
         output, _ = child.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         _kill_group(child.pid)  # not reaped yet, so the group is still the scanner's
         child.communicate()
-        return Result(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
+        return Report(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
     except BaseException:
         _kill_group(child.pid)
         raise
     output = output[-MAX_OUTPUT:]
     status = child.returncode
     if status < 0:
-        return Result(UNKNOWN, why=f"{name}: killed by signal {-status}")
+        return Report(UNKNOWN, why=f"{name}: killed by signal {-status}")
     if status == infected:
         found = FOUND.search(output)
-        return Result(INFECTED, name=found.group(1).decode("ascii") if found else "")
+        return Report(INFECTED, name=found.group(1).decode("ascii") if found else "")
     if status == clean:
-        return Result(CLEAN)
+        return Report(CLEAN)
     took = time.monotonic() - started
-    return Result(UNKNOWN, why=f"{name}: exit code {status} after {took:.1f} s")
+    return Report(UNKNOWN, why=f"{name}: exit code {status} after {took:.1f} s")
 
 
 def _kill_group(pid: int) -> None:
     with contextlib.suppress(OSError):
         os.killpg(pid, signal.SIGKILL)
-
-
-def _why(exc: OSError) -> str:
-    return exc.strerror or type(exc).__name__

@@ -3,16 +3,103 @@
 Counts per verdict and tag per hour or day; MRTG's four lines (as qmail-mrtg prints them);
 a PNG of accepted and refused mail over time (matplotlib, the ``plot`` extra), with the
 plotted numbers also stored in the PNG as a text chunk so they can be read back.
+
+Like every tool (qqfilter.tools), the package holds its sub-parser, handler and writers;
+reading logs back (``logread``) and following qmail-send's bounces (``sendlog``) are modules
+of their own, each about one kind of log.
 """
 
+import argparse
 import json
+import sys
 import time
 from collections import Counter, defaultdict
 
-from qqfilter.logread import Line, qqfilter_fields
-from qqfilter.sendlog import Bounces
+from qqfilter.tools.stats import logread, sendlog
 
 ACCEPTED = ("accept",)
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """Add ``stats`` to the subcommands ``sub``."""
+    parser = sub.add_parser(
+        "stats",
+        help="counts per verdict and tag over time, from qqfilter's (and qmail-send's) logs",
+    )
+    parser.add_argument("logs", nargs="+", metavar="LOG", help="log files (.gz too; - = stdin)")
+    parser.add_argument("--by", choices=("hour", "day"), default="day", help="the period")
+    parser.add_argument("--mrtg", metavar="NAME", help="print the four lines MRTG reads")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the counts (needs matplotlib)")
+    parser.add_argument("--json", action="store_true", help="the counts as one JSON object")
+    parser.set_defaults(run=_stats)
+
+
+def _stats(options: argparse.Namespace) -> int:
+    """Read the logs; print the counts (or MRTG's lines); draw them if asked."""
+    counted = Stats(options.by)
+    try:
+        for line in logread.lines(options.logs):
+            counted.feed(line)
+    except OSError as exc:
+        print(f"qqfilter: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    if options.plot:
+        try:
+            plot(counted, options.plot)
+        except ImportError:
+            print(
+                "qqfilter: --plot needs matplotlib: pip install 'qqfilter[plot]'", file=sys.stderr
+            )
+            return 1
+    if options.mrtg:
+        print("\n".join(counted.mrtg(options.mrtg)))
+    elif options.json:
+        bounces = counted.bounces
+        print(
+            json.dumps(
+                {
+                    "counts": [
+                        dict(zip(("period", "verdict", "tag", "count"), row, strict=True))
+                        for row in counted.table()
+                    ],
+                    "totals": dict(counted.totals()),
+                    "bounces": {
+                        "generated": dict(bounces.generated),
+                        "results": {p: dict(c) for p, c in bounces.results.items()},
+                        "recipients": dict(bounces.recipients.most_common(20)),
+                    },
+                },
+                ensure_ascii=True,
+            )
+        )
+    else:
+        _print_stats(counted)
+    return 0
+
+
+def _print_stats(counted: "Stats") -> None:
+    print(f"{'period':<17} {'verdict':<10} {'tag':<40} {'count':>7}")
+    for period, verdict, tag, count in counted.table():
+        print(f"{period:<17} {verdict:<10} {tag:<40} {count:>7}")
+    totals = counted.totals()
+    print(
+        f"\ntotal: {sum(totals.values())}  "
+        + "  ".join(f"{v}: {n}" for v, n in sorted(totals.items()))
+    )
+    bounces = counted.bounces
+    if not bounces.seen:
+        return
+    print(f"\n{'period':<17} {'bounces sent':>12} {'delivered':>10} {'failed':>7} {'deferred':>9}")
+    for period in sorted(set(bounces.generated) | set(bounces.results)):
+        results = bounces.results[period]
+        print(
+            f"{period:<17} {bounces.generated[period]:>12} {results['success']:>10} "
+            f"{results['failure']:>7} {results['deferral']:>9}"
+        )
+    if bounces.recipients:
+        print("\nbounces went to (most first):")
+        for recipient, count in bounces.recipients.most_common(10):
+            print(f"  {count:>6}  {recipient}")
 
 
 class Stats:
@@ -23,7 +110,7 @@ class Stats:
         self.counts: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
         self.first: float | None = None
         self.last: float | None = None
-        self.bounces = Bounces()
+        self.bounces = sendlog.Bounces()
 
     def period(self, when: float | None) -> str:
         if when is None:
@@ -31,9 +118,9 @@ class Stats:
         pattern = "%Y-%m-%d %H:00" if self.by == "hour" else "%Y-%m-%d"
         return time.strftime(pattern, time.gmtime(when))
 
-    def feed(self, line: Line) -> None:
+    def feed(self, line: logread.Line) -> None:
         period = self.period(line.time)
-        fields = qqfilter_fields(line.text)
+        fields = logread.qqfilter_fields(line.text)
         if fields is None:
             self.bounces.feed(line.text, period)
             return

@@ -10,7 +10,8 @@ byte alignments). A value of ``-`` turns a test off; ``+`` turns it off for RELA
 
 import re
 
-from qqfilter.mime import Part, Source
+from qqfilter.checks.mime.walk import Part
+from qqfilter.spool import Spool
 
 SIGNATURE = 9
 FRAGMENT = 5
@@ -37,23 +38,23 @@ class Rules:
             re.compile(b"|".join(re.escape(f) for f in fragments)) if fragments else None
         )
 
-    def bad_mime(self, source: Source, part: Part) -> str:
+    def bad_mime(self, spool: Spool, part: Part) -> str:
         """Why the base64 ``part`` fails BADMIMETYPE ("" if it does not)."""
         if part.encoding != "base64":
             return ""
         if self.mime_types:
-            first = source.read(part.start, 256).lstrip()[:SIGNATURE]
+            first = spool.read(part.start, 256).lstrip()[:SIGNATURE]
             if first in self.mime_types:
                 return f"banned base64 signature {first.decode('ascii', 'replace')}"
-        if self.white_space and source.search(_WHITE_INSIDE, part.start, part.end, 2):
+        if self.white_space and spool.search(_WHITE_INSIDE, part.start, part.end, 2):
             return "white space inside base64"
         return ""
 
-    def bad_loader(self, source: Source, part: Part) -> str:
+    def bad_loader(self, spool: Spool, part: Part) -> str:
         """Why the base64 ``part`` fails BADLOADERTYPE ("" if not): a scan of its body."""
         if part.encoding != "base64" or self.loader_pattern is None:
             return ""
-        found = source.search(self.loader_pattern, part.start, part.end, FRAGMENT)
+        found = spool.search(self.loader_pattern, part.start, part.end, FRAGMENT)
         return f"banned loader fragment {found.decode('ascii', 'replace')}" if found else ""
 
 

@@ -9,8 +9,8 @@ the whole local part as extension. qmail-local then looks for ``.qmail-ext``, th
 ``.qmail-<ext with its last parts>-default``, then ``.qmail-default`` in the home; when none
 exists for a non-empty extension, it bounces "no mailbox here by that name".
 
-Each answer is EXISTS, UNKNOWN, or CANNOT_JUDGE (not our domain, a home we may not read):
-only UNKNOWN may ever refuse mail.
+Each answer is EXISTS, NO_MAILBOX, or CANNOT_JUDGE (not our domain, a home we may not read):
+only NO_MAILBOX may ever refuse mail.
 """
 
 import os
@@ -19,7 +19,7 @@ import pwd
 from qqfilter import control
 
 EXISTS = "exists"
-UNKNOWN = "unknown"
+NO_MAILBOX = "no mailbox"
 CANNOT_JUDGE = "cannot judge"
 
 
@@ -40,7 +40,7 @@ class Mailboxes:
         self.listed, self.listed_domains = _list(listfile)
 
     def judge(self, address: str) -> str:
-        """EXISTS, UNKNOWN or CANNOT_JUDGE for the envelope address ``address``."""
+        """EXISTS, NO_MAILBOX or CANNOT_JUDGE for the envelope address ``address``."""
         local, at, domain = address.rpartition("@")
         if not at or not local:
             return CANNOT_JUDGE
@@ -49,7 +49,7 @@ class Mailboxes:
             return (
                 EXISTS
                 if (address.lower() in self.listed or f"@{domain}" in self.listed)
-                else UNKNOWN
+                else NO_MAILBOX
             )
         if domain in self.locals:
             return self._local(local)
@@ -142,7 +142,7 @@ class _CdbUsers(_Users):
 
 def _assign(qmailhome: str) -> _Users | None:
     """users/assign's ``=`` and ``+`` lines (``=local:user:uid:gid:home:dash:ext:``)."""
-    lines = control_lines(os.path.join(qmailhome, "users", "assign"))
+    lines = control.trusted_lines(os.path.join(qmailhome, "users", "assign"), "assign")
     if lines is None:
         return None
     exact, wild = {}, {}
@@ -159,14 +159,6 @@ def _assign(qmailhome: str) -> _Users | None:
             wild[fields[0].lower()] = entry
     wildchars = "".join(sorted({key[-1] for key in wild if key}))
     return _Users(exact, wild, wildchars)
-
-
-def control_lines(path: str) -> list[str] | None:
-    """The non-blank lines of a trusted file of qmail's (or the list file); None if absent."""
-    data = control.read_trusted(path, os.path.basename(path), 1 << 30)
-    if data is None:
-        return None
-    return [line for line in data.decode("latin-1").split("\n") if line.strip()]
 
 
 def _system_user(local: str) -> tuple[str, str, str] | None:
@@ -203,14 +195,14 @@ def _dot_qmail(home: str, dash: str, extension: str) -> str:
             return CANNOT_JUDGE  # a home we may not look into
     if not os.access(home, os.X_OK):
         return CANNOT_JUDGE
-    return UNKNOWN
+    return NO_MAILBOX
 
 
 def _list(path: str) -> tuple[set[str], set[str]]:
     """The list file: addresses (or ``@domain`` for all of one), and the domains it covers."""
     if not path:
         return set(), set()
-    lines = control_lines(path)
+    lines = control.trusted_lines(path, os.path.basename(path))
     if lines is None:
         raise control.unreadable("recipients list", path, FileNotFoundError(2, "No such file"))
     listed = {line.split()[0].lower() for line in lines if not line.startswith("#")}

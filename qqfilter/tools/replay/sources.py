@@ -7,8 +7,11 @@ has one, in ``X.env`` beside it, or in the same name with ``.env`` for its suffi
 qmail lays it out: ``mess/N/inode`` the message, ``info/N/inode`` its sender (``F<sender>\\0``),
 ``local/N/inode`` and ``remote/N/inode`` its recipients (``T<address>\\0`` each).
 Where a source has no envelope or client address, they are derived from the message's
-headers (Return-Path, Delivered-To or To/Cc; qmail-smtpd's Received line), and each Item
-says which.
+headers (Return-Path, Delivered-To or To/Cc; qmail-smtpd's Received line, read as
+qqfilter.shared.received reads it), and the Facts say which.
+
+A module of its own under ``replay``: finding and reading sources is most of the code, and
+none of it runs the filter.
 """
 
 import os
@@ -16,35 +19,52 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from qqfilter import envelope as envelope_format
+from qqfilter import envelope
+from qqfilter.shared.received import LINE, client
 
 HEAD = 65536
 WINDOW = 1 << 20
-_RECEIVED = re.compile(
-    rb"^Received: from ([A-Za-z0-9.@%+/=:?-]*)(?: \(HELO ([A-Za-z0-9.@%+/=:?-]*)\))?"
-    rb" \((?:[A-Za-z0-9.@%+/=:?-]*@)?([0-9A-Fa-f.:]+)\)",
-    re.MULTILINE | re.IGNORECASE,
-)
 _ADDRESS = re.compile(rb"<([^<>\s]*)>|([^\s,<>\"()]+@[^\s,<>\"()]+)")
 
 
 class Item:
     """One message to replay. ``path`` (and for mbox, ``offset``/``length``) say where its
-    bytes are; ``envelope`` is qmail's raw envelope or None (to be derived); ``why`` is set
-    when the source cannot be read at all."""
+    bytes are; ``envelope`` is qmail's raw envelope or None (to be derived), ``origin`` says
+    where it came from; ``why`` is set when the source cannot be read at all."""
 
-    __slots__ = ("envelope", "helo", "ip", "label", "length", "offset", "origin", "path", "why")
+    __slots__ = ("envelope", "label", "length", "offset", "origin", "path", "why")
 
-    def __init__(self, label: str, path: str, *, offset: int = 0, length: int = -1) -> None:
+    def __init__(
+        self,
+        label: str,
+        path: str,
+        *,
+        offset: int = 0,
+        length: int = -1,
+        envelope: bytes | None = None,
+        origin: str = "",
+        why: str = "",
+    ) -> None:
         self.label = label
         self.path = path
         self.offset = offset
         self.length = length
-        self.envelope: bytes | None = None
-        self.ip: str | None = None
-        self.helo: str | None = None
-        self.origin = ""
-        self.why = ""
+        self.envelope = envelope
+        self.origin = origin
+        self.why = why
+
+
+class Facts:
+    """What a message is replayed with: its raw envelope, its client's address (None: local
+    mail) and HELO name, and what had to be derived for them, in words ("" when nothing)."""
+
+    __slots__ = ("envelope", "helo", "ip", "said")
+
+    def __init__(self, envelope: bytes, ip: str | None, helo: str | None, said: str) -> None:
+        self.envelope = envelope
+        self.ip = ip
+        self.helo = helo
+        self.said = said
 
 
 def items(sources: list[str]) -> Iterator[Item]:
@@ -65,9 +85,7 @@ def items(sources: list[str]) -> Iterator[Item]:
 
 
 def _unreadable(label: str, why: str) -> Item:
-    item = Item(label, label)
-    item.why = why
-    return item
+    return Item(label, label, why=why)
 
 
 def _directory(path: Path) -> Iterator[Item]:
@@ -96,13 +114,15 @@ def _directory(path: Path) -> Iterator[Item]:
 
 
 def _file(path: Path) -> Item:
-    item = Item(str(path), str(path))
     for beside in (Path(f"{path}.env"), path.with_suffix(".env")):
         if beside != path and beside.is_file():
-            item.envelope = beside.read_bytes()
-            item.origin = f"envelope from {beside.name}"
-            break
-    return item
+            return Item(
+                str(path),
+                str(path),
+                envelope=beside.read_bytes(),
+                origin=f"envelope from {beside.name}",
+            )
+    return Item(str(path), str(path))
 
 
 def _is_mbox(path: Path) -> bool:
@@ -143,7 +163,7 @@ def _queue(path: Path) -> Iterator[Item]:
         if not split.is_dir():
             continue
         for entry in sorted(split.iterdir(), key=lambda p: (len(p.name), p.name)):
-            item = Item(f"{path}/mess/{split.name}/{entry.name}", str(entry))
+            label = f"{path}/mess/{split.name}/{entry.name}"
             relative = Path(split.name) / entry.name
             try:
                 info = (path / "info" / relative).read_bytes()
@@ -158,10 +178,14 @@ def _queue(path: Path) -> Iterator[Item]:
                 # qmail-send turns T into D once a recipient is done: both were recipients
                 recipients += [r[1:] for r in records if r[:1] in (b"T", b"D")]
             if info.startswith(b"F") and recipients:
-                sender = info.split(b"\0")[0][1:]
-                item.envelope = envelope_format.serialize(sender, recipients)
-                item.origin = "envelope from the queue (info/, local/, remote/)"
-            yield item
+                yield Item(
+                    label,
+                    str(entry),
+                    envelope=envelope.serialize(info.split(b"\0")[0][1:], recipients),
+                    origin="envelope from the queue (info/, local/, remote/)",
+                )
+            else:
+                yield Item(label, str(entry))
 
 
 def open_message(item: Item) -> int:
@@ -184,36 +208,47 @@ def open_message(item: Item) -> int:
         os.close(fd)
 
 
-def complete(item: Item, fd: int, sender: str | None, recipients: list[str]) -> str:
-    """Fill in the envelope and client of ``item`` from options, else from the headers of
-    the message on ``fd``; returns what was derived, in words ("" when nothing had to be)."""
+def complete(
+    item: Item,
+    fd: int,
+    sender: str | None,
+    recipients: list[str],
+    ip: str | None,
+    helo: str | None,
+) -> Facts:
+    """The envelope and client to replay ``item`` with: the envelope from ``sender`` and
+    ``recipients`` when given, else the item's own, else from the headers of the message on
+    ``fd``; the client ``ip`` (with ``helo``) when given, else from qmail-smtpd's Received
+    line in those headers, else none (local mail)."""
     said = []
-    head = os.pread(fd, HEAD, 0).split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    # the header section, its last line ended as the others are (LINE wants the line end)
+    head = os.pread(fd, HEAD, 0).split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0] + b"\n"
     if sender is not None or recipients:
-        item.envelope = envelope_format.serialize(
+        raw_envelope = envelope.serialize(
             (sender or "").encode("utf-8", "surrogateescape"),
             [r.encode("utf-8", "surrogateescape") for r in recipients] or [b"postmaster"],
         )
         said.append("envelope from options")
-    elif item.envelope is None:
+    elif item.envelope is not None:
+        raw_envelope = item.envelope
+    else:
         found_sender = _header_addresses(head, b"return-path")[:1]
         found_recipients = _header_addresses(head, b"delivered-to") or (
             _header_addresses(head, b"to") + _header_addresses(head, b"cc")
         )
-        item.envelope = envelope_format.serialize(
+        raw_envelope = envelope.serialize(
             found_sender[0] if found_sender else b"", found_recipients or [b"postmaster"]
         )
         said.append("envelope from headers (Return-Path, Delivered-To or To/Cc)")
-    if item.ip is None:
-        match = _RECEIVED.search(head)
+    if not ip:
+        match = LINE.search(head)
         if match:
-            item.ip = match.group(3).decode("ascii")
-            helo = match.group(2) if match.group(2) is not None else match.group(1)
-            item.helo = helo.decode("ascii")
+            ip, helo = client(match)
             said.append("client from qmail-smtpd's Received line")
         else:
+            ip, helo = None, None
             said.append("no client address: treated as local mail")
-    return "; ".join(said)
+    return Facts(raw_envelope, ip, helo, "; ".join(said))
 
 
 def _header_addresses(head: bytes, name: bytes) -> list[bytes]:

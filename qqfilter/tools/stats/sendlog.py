@@ -5,6 +5,9 @@ queued with that qp, and appears as ``info msg B: bytes N from <> qp Q uid U``. 
 B (``starting delivery D: msg B to remote R``, then ``delivery D: success|failure|deferral``)
 are the backscatter this server sends. Counting them per day, before and after a check is
 switched on, shows what the check saves.
+
+A module of its own under ``stats``: another program's log, followed across lines (a bounce's
+qp, then its message number, then its deliveries), which qqfilter's own lines never need.
 """
 
 import re

@@ -9,14 +9,14 @@ headers.render then folds the lines.
 
 import re
 
-from qqfilter.spfeval import Result
+from qqfilter.checks.spf.evaluation import Evaluation
 
 MAX_VALUE = 255
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
 
 
-def received_spf(result: Result, receiver: str) -> tuple[str, str]:
+def received_spf(result: Evaluation, receiver: str) -> tuple[str, str]:
     """The Received-SPF field for ``result`` as (name, value)."""
     pairs = [("client-ip", result.client_ip)]
     pairs.append(("envelope-from", result.sender))
@@ -33,7 +33,7 @@ def received_spf(result: Result, receiver: str) -> tuple[str, str]:
     return "Received-SPF", f"{result.result} ({comment}) {fields}"
 
 
-def authentication_results(result: Result, authserv_id: str) -> tuple[str, str]:
+def authentication_results(result: Evaluation, authserv_id: str) -> tuple[str, str]:
     """The Authentication-Results field for ``result`` as (name, value)."""
     if result.identity == "helo":
         prop = f"smtp.helo={_value(result.helo)}"
@@ -42,7 +42,7 @@ def authentication_results(result: Result, authserv_id: str) -> tuple[str, str]:
     return "Authentication-Results", f"{_value(authserv_id)}; spf={result.result} {prop}"
 
 
-def _explain(result: Result) -> str:
+def _explain(result: Evaluation) -> str:
     """The human part, in the words RFC 7208's examples use."""
     who, ip = result.sender or f"postmaster@{result.helo}", result.client_ip
     return {

@@ -1,5 +1,9 @@
 """DNS for the checks: a dnspython resolver on QQF_DNS or the system's resolv.conf.
 
+A shared building block: the setting QQF_DNS is declared here, and each check unit that
+looks names up lists it in its SETTINGS (today SPF; next the sender checks and DKIM/DMARC).
+dnspython is imported on the first lookup, never at start-up.
+
 pyspf looks names up through its module-level ``DNSLookup`` function; ``lookup`` is a
 replacement bound to our resolver. It asks the same questions pyspf's own dnspython adapter
 asks, but with ``resolve`` (not the deprecated ``query``, whose warnings would reach the log),
@@ -7,9 +11,14 @@ without search domains (SPF names are absolute), and it maps every DNS failure t
 TempError, so nothing from dnspython escapes as an exception.
 """
 
-import socket
+from __future__ import annotations
 
-from qqfilter import hostport
+from qqfilter.settings import Setting, server_list
+from qqfilter.shared import hostport
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import dns.resolver
 
 
 def parse_servers(value: str) -> tuple[str, ...]:
@@ -18,6 +27,15 @@ def parse_servers(value: str) -> tuple[str, ...]:
     for server in found:
         _host_port(server)
     return found
+
+
+DNS: Setting[tuple[str, ...]] = Setting(
+    "dns",
+    "QQF_DNS",
+    (),
+    server_list(parse_servers, "ip or ip:port"),
+    "DNS servers for SPF: comma list of ip or ip:port; empty = those of /etc/resolv.conf",
+)
 
 
 def _host_port(server: str) -> tuple[str, int]:
@@ -29,6 +47,8 @@ def _host_port(server: str) -> tuple[str, int]:
 
 
 def _is_address(host: str) -> bool:
+    import socket
+
     for family in (socket.AF_INET, socket.AF_INET6):
         try:
             socket.inet_pton(family, host)
@@ -38,7 +58,7 @@ def _is_address(host: str) -> bool:
     return False
 
 
-_RESOLVERS: dict[tuple[str, ...], object] = {}
+_RESOLVERS: dict[tuple[str, ...], dns.resolver.Resolver] = {}
 
 
 def forget() -> None:
@@ -46,7 +66,7 @@ def forget() -> None:
     _RESOLVERS.clear()
 
 
-def make_resolver(servers: tuple[str, ...]):
+def make_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:
     """The resolver for ``servers`` (resolv.conf's when empty), made once per process with a
     cache that honours TTLs, so a resident server asks DNS once per TTL.
 
@@ -62,7 +82,7 @@ def make_resolver(servers: tuple[str, ...]):
     return resolver
 
 
-def _new_resolver(servers: tuple[str, ...]):
+def _new_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:
     import dns.nameserver
     import dns.resolver
 

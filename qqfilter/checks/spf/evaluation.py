@@ -2,7 +2,7 @@
 
 pyspf and dnspython are imported here, on first use, so only messages that are evaluated pay
 their start-up (about 350 ms together, shared/DESIGN.md section 5). Whatever the client
-sent, ``evaluate`` returns a Result: a malformed identity is "none" (RFC 7208 section 4.3),
+sent, ``evaluate`` returns an Evaluation: a malformed identity is "none" (RFC 7208 section 4.3),
 DNS trouble is "temperror", and a failure inside pyspf is reported as "temperror" too, so
 that SPF alone never turns a message into a traceback.
 """
@@ -17,7 +17,7 @@ RESULTS = ("pass", "fail", "softfail", "neutral", "none", "permerror", "temperro
 _DOMAIN = re.compile(r"(?=.{1,253}\.?$)(?:(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\.)+[A-Za-z0-9-]{1,63}\.?")
 
 
-class Result:
+class Evaluation:
     """One SPF result and what explains it.
 
     ``identity`` is "mailfrom" or "helo" (a bounce); ``domain`` the domain checked;
@@ -76,7 +76,7 @@ def evaluate(
     timeout: float,
     local_rules: str = "",
     explanation: str = "",
-) -> Result:
+) -> Evaluation:
     """check_host() for the MAIL FROM identity, or for the HELO identity when ``sender`` is
     empty (a bounce). ``timeout`` bounds all DNS work; ``local_rules`` are
     control/spflocalrules mechanisms, ``explanation`` control/spfexplain's text."""
@@ -87,7 +87,7 @@ def evaluate(
     shown_ip = _plain_ip(client_ip)
     facts = {"client_ip": shown_ip, "sender": sender, "helo": helo, "identity": identity}
     if not valid_domain(domain):
-        return Result("none", domain=domain, problem="no valid domain to check", **facts)
+        return Evaluation("none", domain=domain, problem="no valid domain to check", **facts)
     started = time.monotonic()
     try:
         with warnings.catch_warnings():
@@ -106,7 +106,7 @@ def evaluate(
             )
     except Exception as exc:  # pyspf is third-party code fed hostile input: never a crash
         took = time.monotonic() - started
-        return Result(
+        return Evaluation(
             "temperror",
             domain=domain,
             problem=f"SPF library failed after {took:.1f} s: {type(exc).__name__}",
@@ -116,10 +116,10 @@ def evaluate(
 
 def _check(
     client_ip, sender, helo, receiver, resolver, timeout, local_rules, explanation, domain, facts
-) -> Result:
+) -> Evaluation:
     import spf
 
-    from qqfilter.resolver import spf_lookup
+    from qqfilter.shared.resolver import spf_lookup
 
     _lookups().current = spf_lookup(resolver)
     query = spf.query(
@@ -143,7 +143,7 @@ def _check(
     stock = text == spf.EXPLANATIONS.get(result) and not explanation
     # pyspf's stock words are dropped, and for errors its text is ``problem``'s
     explained = str(text) if result in ("fail", "softfail", "neutral") and not stock else ""
-    return Result(
+    return Evaluation(
         result if result in RESULTS else "permerror",
         domain=domain,
         explanation=explained,

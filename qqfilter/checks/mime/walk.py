@@ -12,9 +12,10 @@ more than ``max_parts`` parts are reported in ``Walk.limits`` for policy to judg
 """
 
 import binascii
-import os
 import re
 from collections.abc import Iterator
+
+from qqfilter.spool import Spool
 
 WINDOW = 1 << 20
 MAX_HEADER = 65536
@@ -74,66 +75,18 @@ class Part:
         )
 
 
-class Source:
-    """The spool file, read in windows with pread."""
-
-    __slots__ = ("fd", "size")
-
-    def __init__(self, fd: int, size: int) -> None:
-        self.fd = fd
-        self.size = size
-
-    def read(self, start: int, length: int) -> bytes:
-        length = max(0, min(length, self.size - start))
-        data = os.pread(self.fd, length, start)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data), start + len(data))
-            if not more:
-                break
-            data += more
-        return data
-
-    def search(self, pattern: "re.Pattern[bytes]", start: int, end: int, reach: int) -> bytes:
-        """The first match of ``pattern`` (at most ``reach`` bytes long) in [start, end), or
-        b"" when there is none."""
-        position = start
-        while position < end:
-            window = self.read(position, min(WINDOW + reach, end - position))
-            found = pattern.search(window)
-            if found:
-                return found.group(0)
-            if position + len(window) >= end:
-                return b""
-            position += WINDOW
-        return b""
-
-    def find(self, needle: bytes, start: int, end: int) -> int:
-        """The offset of ``needle`` in [start, end), or -1."""
-        overlap = len(needle) - 1
-        position = start
-        while position < end:
-            window = self.read(position, min(WINDOW + overlap, end - position))
-            found = window.find(needle)
-            if found >= 0:
-                return position + found
-            if position + len(window) >= end:
-                return -1
-            position += WINDOW
-        return -1
-
-
 class Walk:
     """The leaf parts of a message; ``limits`` says what the walk did not look into."""
 
-    def __init__(self, source: Source, *, max_depth: int = 30, max_parts: int = 1000) -> None:
-        self.source = source
+    def __init__(self, spool: Spool, *, max_depth: int = 30, max_parts: int = 1000) -> None:
+        self.spool = spool
         self.max_depth = max_depth
         self.max_parts = max_parts
         self.limits: list[str] = []
         self.count = 0
 
     def __iter__(self) -> Iterator[Part]:
-        return self._entity(0, self.source.size, "1", 0, "text/plain")
+        return self._entity(0, self.spool.size, "1", 0, "text/plain")
 
     def _entity(self, start: int, end: int, path: str, depth: int, default: str) -> Iterator[Part]:
         """The parts of the entity (headers, then body) in [start, end)."""
@@ -158,14 +111,14 @@ class Walk:
             if self.count == self.max_parts + 1:
                 self._limit(f"more than {self.max_parts} parts")
             return
-        head = decode_head(self.source, body, end, encoding)
+        head = decode_head(self.spool, body, end, encoding)
         yield Part(path, content_type, name, disposition, encoding, body, end, head)
         if content_type.startswith("text/") or not content_type:
             yield from self._uuencoded(body, end, path)
 
     def _headers(self, start: int, end: int) -> tuple[dict[str, str], int]:
         """The header fields (first of each name, unfolded) and where the body starts."""
-        block = self.source.read(start, min(MAX_HEADER, end - start))
+        block = self.spool.read(start, min(MAX_HEADER, end - start))
         fields: dict[str, str] = {}
         position = 0
         current: str | None = None
@@ -209,7 +162,7 @@ class Walk:
         while True:
             found = self._delimiter(delimiter, position, end, at_line_start=position == body)
             if part_start >= 0:
-                part_end = _before_line_end(self.source, part_start, found if found >= 0 else end)
+                part_end = _before_line_end(self.spool, part_start, found if found >= 0 else end)
                 child = f"{path}.{index}" if depth else str(index)
                 yield from self._entity(part_start, part_end, child, depth + 1, child_default)
                 if self.count > self.max_parts or self.limits:
@@ -217,9 +170,9 @@ class Walk:
             if found < 0:
                 break
             after = found + len(delimiter)
-            if self.source.read(after, 2) == b"--":
+            if self.spool.read(after, 2) == b"--":
                 break  # the closing delimiter
-            line_end = self.source.find(b"\n", after, end)
+            line_end = self.spool.find(b"\n", after, end)
             part_start = line_end + 1 if line_end >= 0 else end
             index += 1
             position = after
@@ -234,15 +187,15 @@ class Walk:
             if (
                 at_line_start
                 and position == start
-                and (self.source.read(position, len(delimiter)) == delimiter)
+                and (self.spool.read(position, len(delimiter)) == delimiter)
             ):
                 found = position
             else:
-                found = self.source.find(b"\n" + delimiter, position, end)
+                found = self.spool.find(b"\n" + delimiter, position, end)
                 if found < 0:
                     return -1
                 found += 1
-            after = self.source.read(found + len(delimiter), 1)
+            after = self.spool.read(found + len(delimiter), 1)
             if after in (b"", b"-", b"\r", b"\n", b" ", b"\t"):
                 return found
             position = found + len(delimiter)
@@ -252,27 +205,27 @@ class Walk:
         self, body: int, end: int, path: str, content_type: str
     ) -> Iterator[Part]:
         self.count += 1
-        head = self.source.read(body, HEAD)
+        head = self.spool.read(body, HEAD)
         yield Part(path, content_type, "", "", "", body, end, head)
 
     def _uuencoded(self, start: int, end: int, path: str) -> Iterator[Part]:
         """uuencoded files inside a text body (``begin 644 name`` ... ``end``)."""
         position, number = start, 0
         while self.count < self.max_parts:
-            found = self.source.find(b"begin ", position, end)
+            found = self.spool.find(b"begin ", position, end)
             if found < 0:
                 return
             position = found + 6
-            if found > start and self.source.read(found - 1, 1) != b"\n":
+            if found > start and self.spool.read(found - 1, 1) != b"\n":
                 continue
-            line = self.source.read(found, 1024).split(b"\n", 1)[0]
+            line = self.spool.read(found, 1024).split(b"\n", 1)[0]
             match = _UU_BEGIN.match(line)
             if not match:
                 continue
             number += 1
             self.count += 1
             data = found + len(line) + 1
-            head = decode_uu(self.source.read(data, min(end - data, HEAD * 2)))
+            head = decode_uu(self.spool.read(data, min(end - data, HEAD * 2)))
             name = match.group(1).strip().decode("latin-1")
             uu_path = f"{path}.uu{number}"
             yield Part(
@@ -291,11 +244,11 @@ class Walk:
             self.limits.append(why)
 
 
-def _before_line_end(source: Source, start: int, end: int) -> int:
+def _before_line_end(spool: Spool, start: int, end: int) -> int:
     """``end`` moved before the line end that belongs to the next delimiter."""
-    if end > start and source.read(end - 1, 1) == b"\n":
+    if end > start and spool.read(end - 1, 1) == b"\n":
         end -= 1
-        if end > start and source.read(end - 1, 1) == b"\r":
+        if end > start and spool.read(end - 1, 1) == b"\r":
             end -= 1
     return end
 
@@ -306,7 +259,7 @@ def _describe(fields: dict[str, str], default: str) -> tuple[str, dict[str, str]
     raw_disposition = fields.get("content-disposition", "")
     if raw_type is None and not raw_disposition:
         return default, {}, "", ""
-    if not raw_disposition and _PLAIN_TYPE.fullmatch(raw_type):
+    if raw_type is not None and not raw_disposition and _PLAIN_TYPE.fullmatch(raw_type):
         # the common "text/plain; charset=utf-8": nothing the stdlib would read otherwise
         return raw_type.split(";")[0].strip().lower(), {}, "", ""
     from email.message import Message
@@ -336,7 +289,7 @@ def _describe_raw(raw_type: str, raw_disposition: str, default: str):
     """What ``_describe`` gives, read without the stdlib: names as written (still checked)."""
     matched = _RAW_TYPE.match(raw_type)
     content_type = matched.group(1).lower() if matched else default
-    found = {}
+    found: dict[str, str] = {}
     for text in (raw_type, raw_disposition):
         for key, value in _RAW_PARAM.findall(text):
             found.setdefault(key.lower(), value.strip())
@@ -368,17 +321,17 @@ def _decode_words(name: str) -> str:
     return "".join(out)
 
 
-def decode_head(source: Source, start: int, end: int, encoding: str) -> bytes:
+def decode_head(spool: Spool, start: int, end: int, encoding: str) -> bytes:
     """The first HEAD bytes of the body in [start, end), decoded from ``encoding``."""
     if encoding == "base64":
-        raw = source.read(start, min(end - start, HEAD * 2))
+        raw = spool.read(start, min(end - start, HEAD * 2))
         return decode_base64(raw)[:HEAD]
     if encoding == "quoted-printable":
-        raw = source.read(start, min(end - start, HEAD * 3))
+        raw = spool.read(start, min(end - start, HEAD * 3))
         return binascii.a2b_qp(raw)[:HEAD]
     if encoding in ("x-uuencode", "uuencode", "x-uue"):
-        return decode_uu(source.read(start, min(end - start, HEAD * 2)))
-    return source.read(start, min(end - start, HEAD))
+        return decode_uu(spool.read(start, min(end - start, HEAD * 2)))
+    return spool.read(start, min(end - start, HEAD))
 
 
 def clean_base64(raw: bytes) -> bytes:

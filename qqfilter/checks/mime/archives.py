@@ -11,10 +11,10 @@ import os
 import zipfile
 from collections.abc import Iterator
 
+from qqfilter.checks.mime.filetypes import ZIP_MAGIC
+from qqfilter.checks.mime.walk import HEAD, Part, clean_base64, decode_base64
 from qqfilter.exitcodes import QueueError
-from qqfilter.filetypes import ZIP_MAGIC
-from qqfilter.mime import HEAD, Part, Source, clean_base64, decode_base64
-from qqfilter.spool import anonymous_file, write_all
+from qqfilter.spool import Spool, anonymous_file, write_all
 
 
 class Member:
@@ -45,11 +45,11 @@ class Budget:
             self.exceeded.append(why)
 
 
-def members(source: Source, part: Part, directory: str, budget: Budget) -> Iterator[Member]:
+def members(spool: Spool, part: Part, directory: str, budget: Budget) -> Iterator[Member]:
     """The members of the zip archive in ``part`` (decoded into a nameless file)."""
     fd = anonymous_file(directory)
     try:
-        _decode_to(source, part, fd, directory)
+        _decode_to(spool, part, fd, directory)
         with os.fdopen(os.dup(fd), "rb") as stream:
             yield from _walk_zip(stream, part.name or "(zip)", 1, budget, directory)
     finally:
@@ -119,11 +119,11 @@ def _inner_zip(
         os.close(fd)
 
 
-def _decode_to(source: Source, part: Part, fd: int, directory: str) -> None:
+def _decode_to(spool: Spool, part: Part, fd: int, directory: str) -> None:
     """Write the part's body, decoded, to ``fd``, a window at a time."""
     position, end, carry = part.start, part.end, b""
     while position < end:
-        raw = source.read(position, min(1 << 20, end - position))
+        raw = spool.read(position, min(1 << 20, end - position))
         if not raw:
             break
         position += len(raw)

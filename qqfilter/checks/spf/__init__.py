@@ -13,12 +13,60 @@
 Level 2's "451 on DNS or syntax errors" covers permerror (a syntax error in the record) until
 level 6 refuses it, as shared/DESIGN.md describes s/qmail. Mail from RELAYCLIENT clients and
 mail injected locally (no TCPREMOTEIP) is not evaluated, and the log line says so.
+
+Its helpers: evaluation.py (pyspf over our resolver, under one deadline), fields.py (the
+Received-SPF and Authentication-Results fields). The resolver (QQF_DNS) and the reading of
+qmail-smtpd's Received line are shared building blocks (qqfilter.shared).
 """
+
+from __future__ import annotations
 
 from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.message import Message
-from qqfilter.settings import Settings
+from qqfilter.settings import QMAILHOME, Setting, Settings, seconds
+from qqfilter.shared.resolver import DNS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # imported when a message is evaluated, not at start-up
+    from qqfilter.checks.spf.evaluation import Evaluation
+
+NAME = "spf"
+ORDER = 40
+
+
+def _level(value: object) -> int:
+    spelled = str(value)
+    if isinstance(value, bool) or spelled not in ("0", "1", "2", "3", "4", "5", "6"):
+        raise ValueError("must be a level from 0 to 6")
+    return int(spelled)
+
+
+LEVEL = Setting(
+    "spf",
+    "SPF",
+    0,
+    _level,
+    "SPF level (s/qmail): 0 off, 1 stamp headers only, 2 also 451 on DNS/record errors, "
+    "3 reject fail, 4 also softfail, 5 also neutral, 6 also none and permerror",
+    alias="SPFBEHAVIOR",
+)
+SPFTIMEOUT = Setting(
+    "spftimeout",
+    "QQF_SPFTIMEOUT",
+    20.0,
+    seconds,
+    "seconds all DNS lookups of one message's SPF check may take; then it is temperror",
+)
+SETTINGS = (LEVEL, DNS, SPFTIMEOUT)
+PRELOAD = (
+    "dns.resolver",
+    "spf",
+    "qqfilter.shared.resolver",
+    "qqfilter.shared.received",
+    "qqfilter.checks.spf.evaluation",
+    "qqfilter.checks.spf.fields",
+)
 
 TAG = "Reject::SPF::Fail"
 REFUSED_FROM = {"fail": 3, "softfail": 4, "neutral": 5, "none": 6, "permerror": 6}
@@ -28,25 +76,25 @@ DEFERRED_FROM = {"temperror": 2, "permerror": 2}
 
 
 def check(message: Message, settings: Settings) -> Finding | None:
-    """Evaluate SPF for a message that came in over SMTP, at ``settings.spf`` >= 1."""
-    if not settings.spf:
+    """Evaluate SPF for a message that came in over SMTP, at level 1 or more."""
+    level = settings[LEVEL]
+    if not level:
         return None
     connection = message.connection
     if connection.relayclient:
-        return Finding("spf", Finding.CLEAN, "skipped: RELAYCLIENT")
+        return Finding(NAME, Finding.CLEAN, "skipped: RELAYCLIENT")
     if not connection.remote_ip:
-        return Finding("spf", Finding.CLEAN, "skipped: local injection")
+        return Finding(NAME, Finding.CLEAN, "skipped: local injection")
     receiver = _receiver(settings, connection.local_host)
-    result = _evaluate(message, settings, receiver)
-    from qqfilter.authheaders import authentication_results, received_spf
+    result = _evaluate(message, connection.remote_ip, settings, receiver)
+    from qqfilter.checks.spf.fields import authentication_results, received_spf
 
     headers = (received_spf(result, receiver), authentication_results(result, receiver))
-    level = settings.spf
     if level >= REFUSED_FROM.get(result.result, 99):
         return Finding(
-            "spf",
+            NAME,
             Finding.REFUSE,
-            f"SPF {result.result}: {result.explanation or _why(result)}",
+            f"SPF {result.result}: {result.explanation or _words(result)}",
             tag=TAG,
             status="5.7.23",
             detail=_detail(result),
@@ -54,48 +102,47 @@ def check(message: Message, settings: Settings) -> Finding | None:
         )
     if level >= DEFERRED_FROM.get(result.result, 99):
         return Finding(
-            "spf",
+            NAME,
             Finding.UNKNOWN,
             f"SPF {result.result}: cannot check the sender now, try again later",
             status="4.7.24",
             detail=_detail(result),
             headers=headers,
         )
-    return Finding("spf", Finding.CLEAN, _detail(result), headers=headers)
+    return Finding(NAME, Finding.CLEAN, _detail(result), headers=headers)
 
 
-def _evaluate(message: Message, settings: Settings, receiver: str):
-    from qqfilter import spfeval
-    from qqfilter.received import helo_from_message
-    from qqfilter.resolver import make_resolver
+def _evaluate(message: Message, remote_ip: str, settings: Settings, receiver: str) -> Evaluation:
+    from qqfilter.checks.spf import evaluation
+    from qqfilter.shared.received import helo_from_message
+    from qqfilter.shared.resolver import make_resolver
 
-    connection = message.connection
-    helo = connection.helo
+    helo = message.connection.helo
     if helo is None:
-        helo = helo_from_message(message.spool.fd, connection.remote_ip) or ""
+        helo = helo_from_message(message.spool, remote_ip) or ""
     sender = message.envelope.sender.decode("utf-8", "replace")
-    home = settings.qmailhome
+    home = settings[QMAILHOME]
     local_rules = control.first_line(home, "spflocalrules") or ""
     explanation = control.first_line(home, "spfexplain") or ""
     try:
-        resolver = make_resolver(settings.dns)
+        resolver = make_resolver(settings[DNS])
     except OSError as exc:
-        return spfeval.Result(
+        return evaluation.Evaluation(
             "temperror",
-            client_ip=connection.remote_ip,
+            client_ip=remote_ip,
             sender=sender,
             helo=helo,
             identity="mailfrom" if sender else "helo",
             domain=sender.rpartition("@")[2] or helo,
             problem=str(exc),
         )
-    return spfeval.evaluate(
-        connection.remote_ip,
+    return evaluation.evaluate(
+        remote_ip,
         sender,
         helo,
         receiver,
         resolver=resolver,
-        timeout=settings.spftimeout,
+        timeout=settings[SPFTIMEOUT],
         local_rules=local_rules,
         explanation=explanation,
     )
@@ -103,7 +150,7 @@ def _evaluate(message: Message, settings: Settings, receiver: str):
 
 def _receiver(settings: Settings, local_host: str | None) -> str:
     """The receiving host's name: control/me, else TCPLOCALHOST, else the host name."""
-    me = control.first_line(settings.qmailhome, "me")
+    me = control.first_line(settings[QMAILHOME], "me")
     if me:
         return me
     if local_host:
@@ -113,7 +160,7 @@ def _receiver(settings: Settings, local_host: str | None) -> str:
     return socket.gethostname()
 
 
-def _why(result) -> str:
+def _words(result: Evaluation) -> str:
     """Our words for a refusal when neither the domain nor control/spfexplain gave any."""
     domain, ip = result.domain, result.client_ip
     return {
@@ -125,7 +172,7 @@ def _why(result) -> str:
     }[result.result]
 
 
-def _detail(result) -> str:
+def _detail(result: Evaluation) -> str:
     """The result for the log line: ``pass``, or ``temperror (DNS timeout ...)``."""
     identity = " (helo)" if result.identity == "helo" else ""
     problem = f": {result.problem}" if result.problem else ""

@@ -1,0 +1,282 @@
+"""Attachments (the check ``mime``): executables and scripts refused by content and by name,
+in any wrapping.
+
+One streaming MIME walk; for each leaf part, in order of cost: s/qmail's WarLord signature
+(BADMIMETYPE), the declared file name, the decoded head's kind of content, WarLord's loader
+fragments (BADLOADERTYPE, a scan of the whole base64 body), and for zip archives the same name
+and content tests on every member. The first failure refuses the message, category
+"attachment" (31, or 34 with QQF_CODES=sqmail); the reason names the part and the file.
+A MIME structure past the limits cannot be checked, and is refused as such; what archive
+budgets stopped is noted in the log line.
+
+Its helpers: walk.py (the streaming MIME walk), archives.py (inside zips), filetypes.py (what a
+file's bytes and name say it is), kinds.py (the default lists), warlord.py (s/qmail's tests).
+"""
+
+from __future__ import annotations
+
+from qqfilter import control
+from qqfilter.checks import Finding
+from qqfilter.checks.mime.kinds import BLOCKED_EXTENSIONS, KINDS
+from qqfilter.message import Message
+from qqfilter.settings import (
+    QMAILHOME,
+    SPOOLDIR,
+    Setting,
+    Settings,
+    byte_count,
+    count,
+    flags,
+    subset,
+    words,
+)
+
+NAME = "mime"
+ORDER = 30
+BLOCKEXT = Setting(
+    "blockext",
+    "QQF_BLOCKEXT",
+    frozenset(BLOCKED_EXTENSIONS),
+    words,
+    "attachment file name extensions to refuse (also in archives); none = no name check",
+)
+BLOCKKINDS = Setting(
+    "blockkinds",
+    "QQF_BLOCKKINDS",
+    frozenset(KINDS),
+    subset(*KINDS, "none"),
+    "content kinds to refuse in any encoding or archive: " + ", ".join(KINDS),
+)
+MIMESKIP = Setting(
+    "mimeskip",
+    "QQF_MIMESKIP",
+    frozenset[str](),
+    subset("relayclient", "local"),
+    "skip the attachment checks (logged) for: relayclient, local (no TCPREMOTEIP)",
+    alias="QQF_ATTACHSKIP",
+    formerly="attachskip",
+)
+BADMIMETYPE = Setting(
+    "badmimetype",
+    "BADMIMETYPE",
+    "",
+    flags,
+    "s/qmail WarLord: any value turns control/badmimetypes on; ! also refuses white space "
+    "in base64, + skips RELAYCLIENT, - is off",
+)
+BADLOADERTYPE = Setting(
+    "badloadertype",
+    "BADLOADERTYPE",
+    "",
+    flags,
+    "s/qmail WarLord: the loader character (e.g. M) for control/badloadertypes; "
+    "+ skips RELAYCLIENT, - is off",
+)
+MIMEDEPTH = Setting(
+    "mimedepth",
+    "QQF_MIMEDEPTH",
+    30,
+    count,
+    "refuse messages whose MIME nesting is deeper than this (they cannot be checked)",
+)
+MIMEPARTS = Setting(
+    "mimeparts",
+    "QQF_MIMEPARTS",
+    1000,
+    count,
+    "refuse messages with more MIME parts than this (they cannot be checked)",
+)
+ARCHIVEDEPTH = Setting(
+    "archivedepth",
+    "QQF_ARCHIVEDEPTH",
+    2,
+    byte_count,
+    "zip archives looked into, nested up to this depth; 0 = do not open archives",
+)
+ARCHIVEMEMBERS = Setting(
+    "archivemembers",
+    "QQF_ARCHIVEMEMBERS",
+    1000,
+    count,
+    "archive members looked at per message; past it, the rest is noted, not checked",
+)
+ARCHIVEMAXSIZE = Setting(
+    "archivemaxsize",
+    "QQF_ARCHIVEMAXSIZE",
+    50_000_000,
+    byte_count,
+    "zip attachments larger than this (decoded) are not opened (noted)",
+)
+ARCHIVEEXPAND = Setting(
+    "archiveexpand",
+    "QQF_ARCHIVEEXPAND",
+    100_000_000,
+    byte_count,
+    "bytes decompressed from archives per message, at most (zip bombs stop here)",
+)
+SETTINGS = (
+    BLOCKEXT,
+    BLOCKKINDS,
+    MIMESKIP,
+    BADMIMETYPE,
+    BADLOADERTYPE,
+    MIMEDEPTH,
+    MIMEPARTS,
+    ARCHIVEDEPTH,
+    ARCHIVEMEMBERS,
+    ARCHIVEMAXSIZE,
+    ARCHIVEEXPAND,
+)
+PRELOAD = (
+    "magic",
+    "email.message",
+    "email.header",
+    "zipfile",
+    "qqfilter.checks.mime.archives",
+    "qqfilter.checks.mime.filetypes",
+    "qqfilter.checks.mime.walk",
+    "qqfilter.checks.mime.warlord",
+)
+STATUS = "5.7.1"
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the helpers are imported when a message is walked, not at start-up
+    from qqfilter.checks.mime.walk import Part
+    from qqfilter.checks.mime.warlord import Rules
+    from qqfilter.spool import Spool
+
+
+def check(message: Message, settings: Settings) -> Finding | None:
+    """Walk the message and judge each part (and each archive member)."""
+    connection = message.connection
+    skip = settings[MIMESKIP]
+    if "relayclient" in skip and connection.relayclient:
+        return Finding(NAME, Finding.CLEAN, "skipped: RELAYCLIENT")
+    if "local" in skip and not connection.remote_ip:
+        return Finding(NAME, Finding.CLEAN, "skipped: local injection")
+    rules = _warlord_rules(settings, connection.relayclient)
+    blockkinds = settings[BLOCKKINDS] - {"none"}
+    if not (settings[BLOCKEXT] or blockkinds or rules):
+        return None
+    from qqfilter.checks.mime.walk import Walk
+
+    spool = message.spool
+    walk = Walk(spool, max_depth=settings[MIMEDEPTH], max_parts=settings[MIMEPARTS])
+    notes: list[str] = []
+    for part in walk:
+        found = _judge_part(spool, part, settings, blockkinds, rules, notes)
+        if found:
+            return found
+    if walk.limits:
+        return _refuse(
+            "message structure too complex to check: " + "; ".join(walk.limits),
+            "; ".join(walk.limits),
+        )
+    return Finding(NAME, Finding.CLEAN, "; ".join(notes)) if notes else None
+
+
+def _judge_part(
+    spool: Spool,
+    part: Part,
+    settings: Settings,
+    blockkinds: frozenset[str],
+    rules: Rules | None,
+    notes: list[str],
+) -> Finding | None:
+    from qqfilter.checks.mime import filetypes
+
+    label = f'"{part.name}"' if part.name else f"part {part.path}"
+    detail = f"part {part.path} {part.content_type} {part.encoding or '7bit'}"
+    why = rules.bad_mime(spool, part) if rules else ""
+    if why:
+        return _refuse(f"attachment {label}: {why}", detail, "Bad_MIME")
+    blockext = settings[BLOCKEXT]
+    if part.name and blockext:
+        why = filetypes.name_problem(part.name, blockext)
+        if why:
+            return _refuse(f"attachment {label}: {why}", detail)
+    if blockkinds:
+        kind = filetypes.content_kind(part.head, attachment=part.is_attachment)
+        if kind and kind[0] in blockkinds:
+            return _refuse(f"attachment {label}: {kind[1]}", f"{detail}: {kind[0]}")
+    why = rules.bad_loader(spool, part) if rules else ""
+    if why:
+        return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
+    if settings[ARCHIVEDEPTH] and part.head.startswith(filetypes.ZIP_MAGIC):
+        return _judge_archive(spool, part, settings, blockkinds, label, detail, notes)
+    return None
+
+
+def _judge_archive(
+    spool: Spool,
+    part: Part,
+    settings: Settings,
+    blockkinds: frozenset[str],
+    label: str,
+    detail: str,
+    notes: list[str],
+) -> Finding | None:
+    from qqfilter.checks.mime import archives, filetypes
+
+    size = part.end - part.start
+    if part.encoding == "base64":
+        size = size * 3 // 4
+    maxsize = settings[ARCHIVEMAXSIZE]
+    if size > maxsize:
+        notes.append(f"{label}: archive larger than {maxsize} bytes not opened")
+        return None
+    budget = archives.Budget(
+        depth=settings[ARCHIVEDEPTH],
+        members=settings[ARCHIVEMEMBERS],
+        expanded=settings[ARCHIVEEXPAND],
+    )
+    blockext = settings[BLOCKEXT]
+    for member in archives.members(spool, part, settings[SPOOLDIR], budget):
+        why = filetypes.name_problem(member.name, blockext) if blockext else ""
+        if not why and blockkinds and member.head:
+            kind = filetypes.content_kind(member.head, attachment=True)
+            if kind and kind[0] in blockkinds:
+                why = kind[1]
+        if why:
+            return _refuse(f"attachment {label}: archive member {member.name}: {why}", detail)
+        if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
+            return _refuse(f"attachment {label}: Java archive", detail)
+    notes.extend(budget.exceeded)
+    return None
+
+
+def _refuse(reason: str, detail: str, tag: str = "MIME_Attach") -> Finding:
+    return Finding(
+        NAME,
+        Finding.REFUSE,
+        reason,
+        category="attachment",
+        tag=f"Reject::DATA::{tag}",
+        status=STATUS,
+        detail=detail,
+    )
+
+
+def _warlord_rules(settings: Settings, relayclient: bool) -> Rules | None:
+    """The WarLord rules for this connection, or None when both tests are off."""
+    badmimetype, badloadertype = settings[BADMIMETYPE], settings[BADLOADERTYPE]
+    if not (badmimetype or badloadertype):
+        return None
+    from qqfilter.checks.mime import warlord
+
+    mime_on, white_space = warlord.parse_badmimetype(badmimetype, relayclient)
+    loader_char = warlord.parse_badloadertype(badloadertype, relayclient)
+    if not (mime_on or loader_char):
+        return None
+    home = settings[QMAILHOME]
+    mime_types = (
+        warlord.entries(control.lines(home, "badmimetypes"), warlord.SIGNATURE)
+        if mime_on
+        else frozenset()
+    )
+    fragments = (
+        warlord.entries(control.lines(home, "badloadertypes"), warlord.FRAGMENT)
+        if loader_char
+        else frozenset()
+    )
+    return warlord.Rules(mime_types, white_space, loader_char, fragments)
