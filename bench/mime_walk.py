@@ -4,7 +4,7 @@
 
 Prints, from one run (these machines are noisy, so the ratio is what counts):
 - a 28 MB message with one base64 attachment: email.parser.BytesParser (parse, then the
-  payload of every part) against qqfilter.mime.Walk (every part, with its head decoded);
+  payload of every part) against qqfilter.checks.mime.walk.Walk (every part, with its head decoded);
   the target is a ratio of at least 20;
 - a 100 MB message: the peak RSS of a fresh process that walks it, and of one that runs the
   whole attachment check on it with BADLOADERTYPE scanning every base64 byte; the target is
@@ -46,7 +46,8 @@ def best_of(runs: int, work) -> float:
 def compare(path: Path) -> None:
     from email.parser import BytesParser
 
-    from qqfilter.mime import Source, Walk
+    from qqfilter.checks.mime.walk import Walk
+    from qqfilter.spool import Spool
 
     data = path.read_bytes()
 
@@ -59,21 +60,21 @@ def compare(path: Path) -> None:
         fd, size = stream.fileno(), os.fstat(stream.fileno()).st_size
 
         def ours() -> None:
-            parts = list(Walk(Source(fd, size)))
+            parts = list(Walk(Spool(fd, size)))
             assert parts[-1].head, "the attachment's head was decoded"
 
         walk = best_of(5, ours)
     parser = best_of(2, stdlib)
     print(f"{len(data) / 1e6:.1f} MB message, one base64 attachment:")
     print(f"  email.parser.BytesParser  {parser * 1000:8.1f} ms")
-    print(f"  qqfilter.mime.Walk        {walk * 1000:8.1f} ms")
+    print(f"  qqfilter's Walk           {walk * 1000:8.1f} ms")
     print(f"  ratio                     {parser / walk:8.1f}x   (target: at least 20x)")
 
 
 CHILD = """
 import os, sys
-from qqfilter.mime import Source, Walk
-from qqfilter.checks import attachments
+from qqfilter.checks import mime
+from qqfilter.checks.mime.walk import Walk
 from qqfilter.envelope import parse
 from qqfilter.message import Connection, Message
 from qqfilter.settings import load
@@ -83,13 +84,13 @@ size = os.fstat(fd).st_size
 if sys.argv[2] == "nothing":
     pass
 elif sys.argv[2] == "walk":
-    parts = list(Walk(Source(fd, size)))
+    parts = list(Walk(Spool(fd, size)))
 else:
     settings, errors = load({"BADLOADERTYPE": "M", "QQF_QMAILHOME": sys.argv[3],
                              "QQF_CONFIG": "/dev/null"})
     assert not errors, errors
     message = Message(Spool(fd, size), parse(b"Fa@b\\0Tc@d\\0\\0"), Connection("192.0.2.1"))
-    attachments.check(message, settings)
+    mime.check(message, settings)
 """
 
 

@@ -4,12 +4,21 @@ One reading for every setting that names servers (QQF_CLAMD, QQF_DNS), so they t
 spellings and give the same errors.
 """
 
+from __future__ import annotations
 
-def servers(value: str, what: str) -> tuple[str, ...]:
-    """The non-empty entries of the comma list ``value``; ValueError when there are none."""
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+
+def servers(value: str, what: str, check: Callable[[str], object]) -> tuple[str, ...]:
+    """The non-empty entries of the comma list ``value``, each passed through ``check``
+    (which raises ValueError for a bad one); ValueError when there are none."""
     found = tuple(item.strip() for item in value.split(",") if item.strip())
     if not found:
         raise ValueError(f"must name at least one {what}")
+    for entry in found:
+        check(entry)
     return found
 
 

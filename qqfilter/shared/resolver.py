@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 
 def parse_servers(value: str) -> tuple[str, ...]:
     """``ip``, ``ip:port``, ``v6ip`` or ``[v6ip]:port``, comma-separated; ValueError if not."""
-    found = hostport.servers(value, "DNS server")
-    for server in found:
-        _host_port(server)
-    return found
+    return hostport.servers(value, "DNS server", _host_port)
 
 
 DNS: Setting[tuple[str, ...]] = Setting(

@@ -5,6 +5,10 @@ policy and verdict-to-code mapping (qqfilter.outcome) as the real run, but nothi
 on. A module of its own, beside the tools, because both of them run it and neither owns it.
 """
 
+import argparse
+import os
+import sys
+
 from qqfilter import envelope, exitcodes
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
@@ -12,7 +16,7 @@ from qqfilter.message import Connection, Message
 from qqfilter.outcome import answer, smtp_reply
 from qqfilter.pipeline import evaluate
 from qqfilter.policy import ACCEPT, Verdict
-from qqfilter.settings import SPOOLDIR, Settings
+from qqfilter.settings import SPOOLDIR, Settings, load
 from qqfilter.spool import Spool
 
 
@@ -53,3 +57,38 @@ def run(message_fd: int, raw_envelope: bytes, connection: Connection, settings: 
         return DryRun(verdict, exitcodes.QUEUED, exitcodes.reply_for(0), render(verdict.headers))
     code, _line = answer(verdict, settings, lambda fd: True)
     return DryRun(verdict, code, smtp_reply(verdict, code))
+
+
+def settings_or_say() -> Settings | None:
+    """The settings this process's environment gives; None, each error said on stderr, when
+    any is invalid (the QMAILQUEUE program would exit 55 on them)."""
+    settings, errors = load(dict(os.environ))
+    for error in errors:
+        print(f"qqfilter: {error}", file=sys.stderr)
+    return None if errors else settings
+
+
+def add_client_options(parser: argparse.ArgumentParser, *, every: str = "") -> None:
+    """--from, --to, --ip, --helo and --relayclient: the envelope and the SMTP client of a dry
+    run (``every`` says, for a tool that runs many messages, that they apply to all)."""
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        metavar="ADDRESS",
+        help=f"envelope sender{every} (empty for a bounce)",
+    )
+    parser.add_argument(
+        "--to",
+        dest="recipients",
+        metavar="ADDRESS",
+        action="append",
+        default=[],
+        help=f"envelope recipient{every} (repeat for more)",
+    )
+    parser.add_argument("--ip", help=f"the client address{every} (TCPREMOTEIP)")
+    parser.add_argument("--helo", help=f"the HELO name the client gave{every}")
+    parser.add_argument(
+        "--relayclient",
+        action="store_true",
+        help="as if RELAYCLIENT were set (authenticated or trusted client)",
+    )

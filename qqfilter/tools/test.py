@@ -13,7 +13,7 @@ from pathlib import Path
 from qqfilter import envelope
 from qqfilter.message import Connection
 from qqfilter.policy import ACCEPT
-from qqfilter.settings import QMAILQUEUE, Settings, load
+from qqfilter.settings import QMAILQUEUE, Settings
 from qqfilter.tools import USAGE_ERROR, dryrun
 
 
@@ -22,37 +22,18 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser = sub.add_parser("test", help="show what the filter would do to one message")
     parser.add_argument("message", type=Path, help="the message file")
     parser.add_argument(
-        "--from", dest="sender", metavar="ADDRESS", help="envelope sender (empty for a bounce)"
-    )
-    parser.add_argument(
-        "--to",
-        dest="recipients",
-        metavar="ADDRESS",
-        action="append",
-        default=[],
-        help="envelope recipient (repeat for more)",
-    )
-    parser.add_argument(
         "--envelope",
         type=Path,
         metavar="FILE",
         help="an envelope file, as qmail writes it (default: MESSAGE's .env file)",
     )
-    parser.add_argument("--ip", help="the client address (TCPREMOTEIP)")
-    parser.add_argument("--helo", help="the HELO name the client gave")
-    parser.add_argument(
-        "--relayclient",
-        action="store_true",
-        help="as if RELAYCLIENT were set (authenticated or trusted client)",
-    )
+    dryrun.add_client_options(parser)
     parser.set_defaults(run=_test)
 
 
 def _test(options: argparse.Namespace) -> int:
-    settings, errors = load(dict(os.environ))
-    if errors:
-        for error in errors:
-            print(f"qqfilter: {error}", file=sys.stderr)
+    settings = dryrun.settings_or_say()
+    if settings is None:
         print("exit code: 55 (invalid settings)")
         return 1
     try:

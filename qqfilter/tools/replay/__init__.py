@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 
 from qqfilter.message import Connection
-from qqfilter.settings import Settings, load
+from qqfilter.settings import Settings
 from qqfilter.tools import dryrun
 from qqfilter.tools.replay import sources
 
@@ -28,21 +28,12 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
         "replay",
         help="what the filter would do to mail already received (never queues)",
         description="Replay message files (with X.env envelopes beside them), directories, "
-        "maildirs, mbox files and qmail queue directories through the filter, dry.",
+        "maildirs, mbox files and qmail queue directories through the filter, dry. What the "
+        "options below do not give and a source does not hold (envelope, client) comes from "
+        "each message's headers.",
     )
     parser.add_argument("sources", nargs="+", metavar="SOURCE")
-    parser.add_argument("--from", dest="sender", metavar="ADDRESS", help="envelope sender for all")
-    parser.add_argument(
-        "--to",
-        dest="recipients",
-        metavar="ADDRESS",
-        action="append",
-        default=[],
-        help="envelope recipient for all (repeat for more)",
-    )
-    parser.add_argument("--ip", help="client address for all (else from the Received line)")
-    parser.add_argument("--helo", help="HELO name for all (with --ip)")
-    parser.add_argument("--relayclient", action="store_true", help="as if RELAYCLIENT were set")
+    dryrun.add_client_options(parser, every=" for all")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes")
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines, then a summary line")
@@ -52,10 +43,8 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def _replay(options: argparse.Namespace) -> int:
     """Replay the sources; exit 1 if a source could not be read (the run goes on), 0 else."""
-    settings, errors = load(dict(os.environ))
-    if errors:
-        for error in errors:
-            print(f"qqfilter: {error}", file=sys.stderr)
+    settings = dryrun.settings_or_say()
+    if settings is None:
         return 1
     how = Options(
         sender=options.sender,

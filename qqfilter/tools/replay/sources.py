@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from qqfilter import envelope
+from qqfilter.exitcodes import describe
 from qqfilter.shared.received import LINE, client
 
 HEAD = 65536
@@ -70,18 +71,24 @@ class Facts:
 def items(sources: list[str]) -> Iterator[Item]:
     """Every message in ``sources``, in a stable order (so two runs compare line by line)."""
     for source in sources:
-        path = Path(source)
-        try:
-            if path.is_dir():
-                yield from _directory(path)
-            elif path.is_file() and _is_mbox(path):
-                yield from _mbox(path)
-            elif path.is_file():
-                yield _file(path)
-            else:
-                yield _unreadable(source, "no such file or directory")
-        except OSError as exc:
-            yield _unreadable(source, exc.strerror or str(exc))
+        yield from _entry(Path(source), source, "no such file or directory")
+
+
+def _entry(path: Path, label: str, missing: str) -> Iterator[Item]:
+    """The messages at ``path``: a directory's (a queue, a maildir, or anything else read
+    through), an mbox file's, or the file itself; one that cannot be read is reported as
+    ``missing`` or as the system's error, and the caller goes on."""
+    try:
+        if path.is_dir():
+            yield from _directory(path)
+        elif path.is_file() and _is_mbox(path):
+            yield from _mbox(path)
+        elif path.is_file():
+            yield _file(path)
+        else:  # gone, a dangling or looping link, a socket: said, not skipped
+            yield _unreadable(label, missing)
+    except OSError as exc:
+        yield _unreadable(label, describe(exc))
 
 
 def _unreadable(label: str, why: str) -> Item:
@@ -100,17 +107,7 @@ def _directory(path: Path) -> Iterator[Item]:
         for entry in sorted(path.iterdir()):
             if entry.suffix == ".env" or entry.name.startswith("."):
                 continue
-            try:  # one entry that cannot be read is reported; the rest of the directory goes on
-                if entry.is_dir():
-                    yield from _directory(entry)
-                elif entry.is_file() and _is_mbox(entry):
-                    yield from _mbox(entry)
-                elif entry.is_file():
-                    yield _file(entry)
-                else:  # a dangling or looping link, a socket: said, not skipped
-                    yield _unreadable(str(entry), "not a file or a directory")
-            except OSError as exc:
-                yield _unreadable(str(entry), exc.strerror or str(exc))
+            yield from _entry(entry, str(entry), "not a file or a directory")
 
 
 def _file(path: Path) -> Item:

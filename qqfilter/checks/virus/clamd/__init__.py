@@ -32,18 +32,13 @@ def endpoint(server: str) -> str | tuple[str, int]:
         raise ValueError(str(exc).replace("host:port", "unix:/path or host:port")) from None
 
 
-def _servers(value: str) -> tuple[str, ...]:
-    found = hostport.servers(value, "clamd")
-    for server in found:
-        endpoint(server)
-    return found
-
-
 CLAMD: Setting[tuple[str, ...]] = Setting(
     "clamd",
     "QQF_CLAMD",
     (),
-    server_list(_servers, "unix:/path or host:port"),
+    server_list(
+        lambda value: hostport.servers(value, "clamd", endpoint), "unix:/path or host:port"
+    ),
     "clamd servers to scan with, tried in order: comma list of unix:/path or host:port",
 )
 CLAMDCONNECT = Setting(
