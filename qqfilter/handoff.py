@@ -3,23 +3,20 @@
 The next program replaces this process (``exec``), so its exit status reaches qmail-smtpd
 unchanged: no window where we report success for a message it failed to queue. ``execute`` is
 the one exec of the project: the one-shot program and the resident client (which runs in the
-process qmail-smtpd started) both call it, so its imports are C modules and exitcodes only;
-the spool helpers are imported where a message is prepared.
+process qmail-smtpd started) both call it, so this module imports C modules only (every
+module the client imports is paid by every message); what preparing a message needs (the
+spool, the exit codes of its failures) is imported there.
 """
-
-from __future__ import annotations
 
 import _signal  # not signal: that one imports enum, ~5 ms of start-up for the client
 import os
 
-from qqfilter.exitcodes import TEMPFAILED, WRITE_ERROR, QueueError
-
 TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # no __future__ annotations here: even that import shows in the client
     from qqfilter.spool import Spool
 
 
-def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
+def message_fd(spool: "Spool", headers: bytes, directory: str) -> int:
     """A descriptor, at offset 0, holding ``headers`` followed by the spooled bytes unchanged.
 
     Without headers it is the spool itself; with them, a second anonymous file that the kernel
@@ -41,7 +38,9 @@ def message_fd(spool: Spool, headers: bytes, directory: str) -> int:
     return fd
 
 
-def _copy(spool: Spool, fd: int, directory: str) -> None:
+def _copy(spool: "Spool", fd: int, directory: str) -> None:
+    from qqfilter.exitcodes import WRITE_ERROR, QueueError
+
     offset = 0
     while offset < spool.size:
         try:
@@ -63,14 +62,14 @@ def envelope_fd(raw: bytes) -> int:
     return fd
 
 
-def execute(program: str, message: int, envelope: int) -> None:
-    """Become ``program`` with fd 0 = ``message`` and fd 1 = ``envelope``; never returns.
+def execute(program: str, message: int, envelope: int) -> str:
+    """Become ``program`` with fd 0 = ``message`` and fd 1 = ``envelope``; returns only when
+    it cannot, with the reason for the log line (the caller then exits 71).
 
     Descriptors this process opened are close-on-exec, so only 0, 1, 2 and whatever our own
     caller passed down survive. CPython ignores SIGPIPE and SIGXFSZ from its start (so a
     full pipe or a file size limit is an error we report, not a death); an exec keeps ignored
-    signals ignored, so both are put back to their defaults for qmail-queue. A program that
-    cannot be executed is 71.
+    signals ignored, so both are put back to their defaults for qmail-queue.
     """
     os.dup2(message, 0)
     os.dup2(envelope, 1)
@@ -79,4 +78,4 @@ def execute(program: str, message: int, envelope: int) -> None:
     try:
         os.execv(program, [program])
     except OSError as exc:
-        raise QueueError(TEMPFAILED, f"qmail-queue: cannot run {program}: {exc.strerror}") from None
+        return f"qmail-queue: cannot run {program}: {exc.strerror}"

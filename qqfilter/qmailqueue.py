@@ -186,10 +186,9 @@ def perform(decision: Decision) -> int:
         if action.reply:
             replypipe.write(action.errfd, action.reply)
         return action.code
-    try:
-        handoff.execute(action.program, action.message_fd, action.envelope_fd)
-    except QueueError as exc:  # the accept line is out; this second line says it failed
-        failed = {"pid": decision.pid, "verdict": "error", "code": exc.code, "reason": exc.reason}
-        logline.write_line(logline.format_line(failed, decision.style))
-        return exc.code
-    raise AssertionError("execute() returns only by raising")
+    reason = handoff.execute(action.program, action.message_fd, action.envelope_fd)
+    # the accept line is out; this second line says the hand-off failed
+    code = exitcodes.TEMPFAILED
+    failed = {"pid": decision.pid, "verdict": "error", "code": code, "reason": reason}
+    logline.write_line(logline.format_line(failed, decision.style))
+    return code

@@ -5,15 +5,15 @@ environment to the resident server over a unix socket (SCM_RIGHTS), gets back wh
 and does it itself: exec qmail-queue on the descriptors the server prepared (so qmail-queue
 runs as this process, and its exit status reaches qmail-smtpd unchanged), or exit with the
 code. The packets are wire.py's; the exec is handoff's, the one the one-shot program uses.
-It imports C modules and small modules of the project's that import nothing else (wire,
-replypipe, handoff, exitcodes, logline): its start-up is Python's floor.
+It imports C modules and three small modules of the project's that import nothing else
+(wire, replypipe, handoff; logline and exitcodes only to say it failed): every module counts,
+since its start-up is paid by every message.
 """
 
 import _socket
 import os
 
-from qqfilter import handoff, logline, replypipe
-from qqfilter.exitcodes import TEMPFAILED, QueueError
+from qqfilter import handoff, replypipe
 from qqfilter.resident import wire
 
 
@@ -51,9 +51,9 @@ def _ask(connection: _socket.socket, environ: dict[str, str]) -> int:
         for fd in received:
             os.close(fd)
         return _fail(f"resident server {exc}")
-    logline.write_line(answer.line.decode("ascii", "backslashreplace"))
+    _write_line(answer.line)
     if answer.kind == wire.EXEC and len(received) == 2:
-        return _execute(answer.program, received[0], received[1])
+        return _fail(handoff.execute(answer.program, received[0], received[1]))
     for fd in received:
         os.close(fd)
     if answer.reply:
@@ -61,17 +61,19 @@ def _ask(connection: _socket.socket, environ: dict[str, str]) -> int:
     return answer.code
 
 
-def _execute(program: str, message: int, envelope: int) -> int:
-    """Become qmail-queue on the prepared descriptors, exactly as the one-shot program does."""
-    try:
-        handoff.execute(program, message, envelope)
-    except QueueError as exc:
-        return _fail(exc.reason)
-    return TEMPFAILED
-
-
 def _fail(reason: str) -> int:
     """The one log line for a failure of the client's own, and 71: the sender retries."""
+    from qqfilter import logline
+    from qqfilter.exitcodes import TEMPFAILED
+
     fields = {"pid": os.getpid(), "verdict": "error", "code": TEMPFAILED, "reason": reason}
-    logline.write_line(logline.format_text(fields))
+    _write_line(logline.format_text(fields).encode("ascii", "backslashreplace"))
     return TEMPFAILED
+
+
+def _write_line(line: bytes) -> None:
+    """The server's log line (or ours) on stderr; a closed stderr loses it, not the message."""
+    try:  # noqa: SIM105 (contextlib is an import the client does without)
+        os.write(2, line + b"\n")
+    except OSError:
+        pass
