@@ -1,10 +1,10 @@
 """The custom-reply pipe of a patched qmail-smtpd: is descriptor N one, and writing to it.
 
-Kept apart (it imports only os, stat and fcntl) because the resident client uses it too: the
-pipe belongs to the process qmail-smtpd started, so only that process can look at it.
+Kept apart (it imports only os and stat, and fcntl only when there is a pipe) because the
+resident client uses it too: the pipe belongs to the process qmail-smtpd started, so only that
+process can look at it.
 """
 
-import fcntl
 import os
 import stat
 
@@ -17,6 +17,8 @@ def usable(fd: int) -> bool:
     try:
         if not stat.S_ISFIFO(os.fstat(fd).st_mode):
             return False
+        import fcntl  # an extension loaded from disk: paid only where there is a pipe to ask
+
         return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
     except OSError:
         return False

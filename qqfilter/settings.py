@@ -20,7 +20,7 @@ import os
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs ~20 ms of start-up: the type checker alone reads it
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable
     from typing import Generic, TypeVar
 
     T = TypeVar("T")
@@ -276,14 +276,23 @@ CORE: tuple[Setting, ...] = (
 
 def every_setting() -> tuple[Setting, ...]:
     """The contract's rows, then each check unit's, in the order the checks run; a row that
-    two units share (the same object) once."""
-    from qqfilter.checks import units
+    two units share (the same object) once. Assembled once per process."""
+    global _ROWS, _NAMES
+    if _ROWS is None:
+        from qqfilter.checks import units
 
-    rows: dict[str, Setting] = {}
-    for row in (*CORE, *(row for unit in units() for row in unit.settings)):
-        if rows.setdefault(row.name, row) is not row:
-            raise RuntimeError(f"two settings are called {row.name}")
-    return tuple(rows.values())
+        rows: dict[str, Setting] = {}
+        for row in (*CORE, *(row for unit in units() for row in unit.settings)):
+            if rows.setdefault(row.name, row) is not row:
+                raise RuntimeError(f"two settings are called {row.name}")
+        _ROWS = tuple(rows.values())
+        _NAMES = frozenset(name for row in _ROWS for name in (row.name, row.formerly) if name)
+    return _ROWS
+
+
+_ROWS: tuple[Setting, ...] | None = None
+_NAMES: frozenset[str] = frozenset()
+"""Every name the TOML file may use (those of today, and older ones still read)."""
 
 
 class Settings:
@@ -318,7 +327,7 @@ def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
     """
     rows = every_setting()
     errors: list[SettingError] = []
-    table, origin = _read_file(environ, rows, errors)
+    table, origin = _read_file(environ, errors)
     values: dict[str, object] = {}
     sources: dict[str, str] = {}
     for setting in rows:
@@ -351,7 +360,7 @@ def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
 
 
 def _read_file(
-    environ: dict[str, str], rows: Iterable[Setting], errors: list[SettingError]
+    environ: dict[str, str], errors: list[SettingError]
 ) -> tuple[dict[str, object], str]:
     """The TOML table and its path; absent is fine unless QQF_CONFIG named the file."""
     from qqfilter import control
@@ -376,8 +385,7 @@ def _read_file(
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         errors.append(SettingError("config", path, f"not valid TOML: {exc}"))
         return {}, path
-    known = {name for row in rows for name in (row.name, row.formerly) if name}
-    for key in sorted(set(table).difference(known)):
+    for key in sorted(set(table).difference(_NAMES)):  # load has called every_setting
         errors.append(SettingError(key, path, "no such setting"))
         del table[key]
     return table, path

@@ -5,15 +5,15 @@ environment to the resident server over a unix socket (SCM_RIGHTS), gets back wh
 and does it itself: exec qmail-queue on the descriptors the server prepared (so qmail-queue
 runs as this process, and its exit status reaches qmail-smtpd unchanged), or exit with the
 code. The packets are wire.py's; the exec is handoff's, the one the one-shot program uses.
-It imports C modules and three small modules of the project's that import nothing else
-(wire, replypipe, handoff; logline and exitcodes only to say it failed): every module counts,
-since its start-up is paid by every message.
+It imports C modules and small modules of the project's that import nothing else (wire and
+replypipe; handoff to exec; logline and exitcodes only to say it failed): every module counts,
+about 0.2 ms each here, since its start-up is paid by every message.
 """
 
 import _socket
 import os
 
-from qqfilter import handoff, replypipe
+from qqfilter import replypipe
 from qqfilter.resident import wire
 
 
@@ -53,6 +53,8 @@ def _ask(connection: _socket.socket, environ: dict[str, str]) -> int:
         return _fail(f"resident server {exc}")
     _write_line(answer.line)
     if answer.kind == wire.EXEC and len(received) == 2:
+        from qqfilter import handoff  # accepted mail only: a refusal need not load it
+
         return _fail(handoff.execute(answer.program, received[0], received[1]))
     for fd in received:
         os.close(fd)
