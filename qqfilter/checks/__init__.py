@@ -48,7 +48,8 @@ class Finding:
     patched qmails, to the client, so it holds nothing private; ``detail`` goes to the log
     only (which server, what failed); ``status`` is the enhanced status code for the reply.
     A CLEAN finding with a ``reason`` is a note for the log ("skipped: ...").
-    ``check`` is the unit's NAME.
+    ``check`` is the unit's NAME. A hand-written ``__slots__`` record, like every record on
+    the queue path: dataclasses costs ~10 ms of start-up.
     """
 
     CLEAN = "clean"
