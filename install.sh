@@ -3,8 +3,8 @@
 #
 #   ./install.sh [--dev] [--qmail] [--venv DIR] [--qmailhome DIR]
 #
-#   --dev            editable install with the test tools (pytest, ruff), and the Debian
-#                    packages the tests run for real (clamd, clamdscan, nsd) if missing
+#   --dev            editable install with the test tools (pytest, ruff, mypy), and the Debian
+#                    packages the tests run for real (clamd, clamdscan, nsd, ripmime) if missing
 #   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail): the program
 #                    to name in QMAILQUEUE
 #   --venv DIR       the virtual environment (default: .venv beside this script)
@@ -46,12 +46,13 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 
 # The tests talk to real services; their programs come from Debian.
-test_packages=(clamav-daemon clamdscan nsd)
+test_packages=(clamav-daemon clamdscan nsd ripmime)
 missing=0
 if [ "$dev" = 1 ]; then
   [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null || missing=1
   command -v clamdscan >/dev/null || missing=1
   [ -x /usr/sbin/nsd ] || command -v nsd >/dev/null || missing=1
+  command -v ripmime >/dev/null || missing=1
 fi
 if [ "$missing" = 1 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
