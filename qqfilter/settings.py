@@ -2,7 +2,9 @@
 
 Three layers, the first that has a value wins: the environment (per connection, from the tcp
 rules), the TOML file named by QQF_CONFIG, the built-in default. An environment variable set to
-the empty string counts as unset, as tcprules users expect. Nothing here reads the message.
+the empty string counts as unset, as tcprules users expect, except s/qmail's own names (rows
+with ``empty_means_set``), which keep s/qmail's reading: set, even empty, is set. Nothing here
+reads the message.
 
 The rows are not kept in one table: the contract's own settings are below (CORE), and each
 check unit declares the rows it owns in its ``SETTINGS`` (qqfilter.checks). ``load`` reads them
@@ -53,9 +55,24 @@ class Setting(Generic[T]):
 
     ``alias`` is another variable read when ``env`` is unset (s/qmail's and other patches'
     names); ``formerly`` an older TOML name, still read, that ``alias`` usually goes with.
+
+    ``empty_means_set`` gives the row s/qmail's reading of its variables: s/qmail tests a
+    variable for presence, so one set to the empty string is set, and it is read as
+    ``empty_as`` (the text s/qmail's reading of "" amounts to, handed to the parser like any
+    value). Rows without it (every ``QQF_*`` name) follow tcprules' "empty = unset".
     """
 
-    __slots__ = ("alias", "default", "doc", "env", "formerly", "name", "parse")
+    __slots__ = (
+        "alias",
+        "default",
+        "doc",
+        "empty_as",
+        "empty_means_set",
+        "env",
+        "formerly",
+        "name",
+        "parse",
+    )
 
     def __init__(
         self,
@@ -67,6 +84,8 @@ class Setting(Generic[T]):
         *,
         alias: str = "",
         formerly: str = "",
+        empty_means_set: bool = False,
+        empty_as: str = "",
     ) -> None:
         self.name = name
         self.env = env
@@ -75,6 +94,8 @@ class Setting(Generic[T]):
         self.doc = doc
         self.alias = alias
         self.formerly = formerly
+        self.empty_means_set = empty_means_set
+        self.empty_as = empty_as
 
 
 # Parsers: each takes what the environment (a string) or TOML (any type) gave, returns the
@@ -322,8 +343,10 @@ class Settings:
 def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
     """Effective settings from ``environ``, the TOML file and the defaults.
 
-    Invalid values are returned as errors (the default stands in for each), so a caller can
-    show them all or refuse on the first.
+    A variable set to "" counts as unset, except for rows with ``empty_means_set`` (s/qmail's
+    names), where it is set and read as the row's ``empty_as``. Invalid values are returned
+    as errors (the default stands in for each), so a caller can show them all or refuse on
+    the first.
     """
     rows = every_setting()
     errors: list[SettingError] = []
@@ -333,10 +356,14 @@ def load(environ: dict[str, str]) -> tuple[Settings, list[SettingError]]:
     for setting in rows:
         name = setting.name
         raw: object
-        if environ.get(setting.env):
-            raw, source = environ[setting.env], setting.env
-        elif setting.alias and environ.get(setting.alias):
-            raw, source = environ[setting.alias], setting.alias
+        given = [  # the variable, else its alias; "" is unset, or s/qmail's "set" (empty_as)
+            (environ[variable] or setting.empty_as, variable)
+            for variable in (setting.env, setting.alias)
+            if variable
+            and (environ.get(variable) or (setting.empty_means_set and variable in environ))
+        ]
+        if given:
+            raw, source = given[0]
         elif name in table:
             raw, source = table[name], origin
         elif setting.formerly in table:

@@ -8,6 +8,7 @@ The test command runs a fixed set of cases; a long fuzz run explores new ones:
 """
 
 import base64
+import binascii
 import os
 import time
 
@@ -24,6 +25,23 @@ from qqfilter.spool import Spool, anonymous_file, write_all
 BOUNDARIES = [b"b1", b"b2", b"=_x", b"b1b1"]
 TYPES = [b"text/plain", b"text/html", b"application/octet-stream", b"image/png", b"message/rfc822"]
 ENCODINGS = [b"base64", b"quoted-printable", b"7bit", b"x-uuencode", b"b\xffse64", b""]
+FROM_LINE = b"From someone@example.com Mon Nov 24 10:00:00 2026\n"
+RECEIVED = b"Received: from a (HELO a)\n  by mx with SMTP\n"
+
+
+BEFORE_HEADERS = [b""] * 4 + [FROM_LINE, b" \t\n", RECEIVED * 2, RECEIVED * 1700]
+"""What may come before an entity's fields: mbox From lines, a line of white space before
+the first field, a header block longer than 64 KB."""
+
+
+@st.composite
+def header_block(draw, fields: bytes) -> bytes:
+    """``fields`` (lines) after one of BEFORE_HEADERS, maybe with a From line among them."""
+    lines = fields.splitlines(keepends=True)
+    at = draw(st.integers(-len(lines), len(lines)))
+    if at >= 0:
+        lines.insert(at, FROM_LINE)
+    return draw(st.sampled_from(BEFORE_HEADERS)) + b"".join(lines)
 
 
 @st.composite
@@ -32,19 +50,41 @@ def entity(draw, depth: int = 0) -> bytes:
     if depth < 4 and draw(st.booleans()):
         boundary = draw(st.sampled_from(BOUNDARIES))
         children = draw(st.lists(entity(depth + 1), max_size=4))
-        close = draw(st.sampled_from([b"--" + boundary + b"--\n", b"", b"--" + boundary + b"\n"]))
-        head = b'Content-Type: multipart/mixed; boundary="' + boundary + b'"\n\n'
-        return head + b"".join(b"--" + boundary + b"\n" + c + b"\n" for c in children) + close
+        delimiter = b"--" + boundary
+        near_misses = [delimiter + b"X\n", delimiter + b"--x\n", delimiter + b"-x\n"]
+        lines = [delimiter + b"\n"] * 3 + [delimiter + b" \t\n", delimiter + b"\r\n"]
+        lines += [junk + delimiter + b"\n" for junk in near_misses]
+        body = b"".join(draw(st.sampled_from(lines)) + child + b"\n" for child in children)
+        close = draw(
+            st.sampled_from([delimiter + b"--\n", b"", delimiter + b"\n", delimiter + b"--junk\n"])
+        )
+        if draw(st.booleans()):  # parts after the close
+            close += b"epilogue\n" + delimiter + b"\n" + draw(entity(4)) + b"\n"  # a leaf
+        quoted = draw(st.sampled_from([b'"' + boundary + b'"', b'""', boundary]))
+        head = draw(header_block(b"Content-Type: multipart/mixed; boundary=" + quoted + b"\n"))
+        return head + b"\n" + body + close
+    if depth < 4 and draw(st.integers(0, 5)) == 0:  # a message in base64 or quoted-printable
+        inner = draw(entity(depth + 1))
+        encoding = draw(st.sampled_from([b"base64", b"quoted-printable"]))
+        body = base64.encodebytes(inner) if encoding == b"base64" else binascii.b2a_qp(inner)
+        ctype = draw(st.sampled_from([b"message/rfc822", b"message/global", b"message/news"]))
+        fields = b"Content-Type: " + ctype + b"\nContent-Transfer-Encoding: " + encoding + b"\n"
+        return draw(header_block(fields)) + b"\n" + body
     ctype = draw(st.sampled_from(TYPES))
     encoding = draw(st.sampled_from(ENCODINGS))
     name = draw(st.sampled_from([b"", b'; name="a.pdf"', b"; name*=utf-8''%E2%80%AE.exe", b";;="]))
-    payload = draw(st.binary(max_size=300))
+    payload = draw(st.one_of(st.binary(max_size=300), st.sampled_from([UUENCODED])))
     if encoding == b"base64":
         payload = base64.encodebytes(payload)
-    headers = b"Content-Type: " + ctype + name + b"\n"
+    elif encoding == b"quoted-printable":
+        payload = binascii.b2a_qp(payload)
+    fields = b"Content-Type: " + ctype + name + b"\n"
     if encoding:
-        headers += b"Content-Transfer-Encoding: " + encoding + b"\n"
-    return headers + b"\n" + payload
+        fields += b"Content-Transfer-Encoding: " + encoding + b"\n"
+    return draw(header_block(fields)) + b"\n" + payload
+
+
+UUENCODED = b"text\nbegin 644 a.exe\n" + binascii.b2a_uu(b"MZ" + bytes(40)) + b"`\nend\n"
 
 
 @st.composite
@@ -93,8 +133,9 @@ def test_the_walk_never_raises_and_ends_quickly(data):
         parts = list(walk)
         assert time.monotonic() - started < 2
         assert len(parts) <= 50
-        for part in parts:
-            assert 0 <= part.start <= part.end <= len(data) or part.encoding == "x-uuencode"
+        for part in parts:  # a part of a decoded message or text is in that file
+            assert 0 <= part.start <= part.end <= part.spool.size
+            assert part.spool is spool or part.spool.size <= len(data)
             assert isinstance(part.name, str)
     finally:
         spool.close()

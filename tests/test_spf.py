@@ -29,8 +29,11 @@ def spf(qq, nsd_server):
     control.mkdir(parents=True)
     (control / "me").write_text(RECEIVER + "\n")
 
-    def run(sender: bytes, level: int = 1, *, message: bytes | None = None, **env: str):
-        settings = {"SPF": str(level), "QQF_DNS": nsd_server.address, "TCPREMOTEIP": CLIENT}
+    def run(sender: bytes, level: int | None = 1, *, message: bytes | None = None, **env: str):
+        """``level`` None leaves SPF unset."""
+        settings = {"QQF_DNS": nsd_server.address, "TCPREMOTEIP": CLIENT}
+        if level is not None:
+            settings["SPF"] = str(level)
         settings.update(env)
         return qq.submit(
             message if message is not None else smtpd_message(),
@@ -300,8 +303,10 @@ def test_relayclient_and_local_mail_are_skipped_and_logged(spf):
 
 
 def test_spfbehavior_is_an_alias_and_spf_wins(spf):
-    assert_clean_failure(spf(b"alice@fail.spf.test", 0, SPF="", SPFBEHAVIOR="3"), 31)
+    assert_clean_failure(spf(b"alice@fail.spf.test", None, SPFBEHAVIOR="3"), 31)
     assert spf(b"alice@fail.spf.test", 1, SPFBEHAVIOR="3").returncode == 0
+    # s/qmail's reading: SPF set, even to "", is set (level 0, off) and wins
+    assert spf(b"alice@fail.spf.test", None, SPF="", SPFBEHAVIOR="3").returncode == 0
 
 
 @pytest.mark.parametrize(

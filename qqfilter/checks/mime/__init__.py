@@ -61,8 +61,10 @@ BADMIMETYPE = Setting(
     "BADMIMETYPE",
     "",
     flags,
-    "s/qmail WarLord: any value turns control/badmimetypes on; ! also refuses white space "
-    "in base64, + skips RELAYCLIENT, - is off",
+    "s/qmail WarLord: set (even empty) turns control/badmimetypes on; ! also refuses white "
+    "space in base64, + skips RELAYCLIENT, - is off",
+    empty_means_set=True,
+    empty_as="on",  # BADMIMETYPE="", as in s/qmail's own rules line: on, no flags
 )
 BADLOADERTYPE = Setting(
     "badloadertype",
@@ -70,7 +72,8 @@ BADLOADERTYPE = Setting(
     "",
     flags,
     "s/qmail WarLord: the loader character (e.g. M) for control/badloadertypes; "
-    "+ skips RELAYCLIENT, - is off",
+    "+ skips RELAYCLIENT, - or empty is off",
+    empty_means_set=True,  # BADLOADERTYPE="": no character to look for, off (as in s/qmail)
 )
 MIMEDEPTH = Setting(
     "mimedepth",
@@ -129,11 +132,10 @@ SETTINGS = (
 )
 PRELOAD = (
     "magic",
-    "email.message",
-    "email.header",
     "zipfile",
     "qqfilter.checks.mime.archives",
     "qqfilter.checks.mime.filetypes",
+    "qqfilter.checks.mime.names",
     "qqfilter.checks.mime.walk",
     "qqfilter.checks.mime.warlord",
 )
@@ -161,7 +163,12 @@ def check(message: Message, settings: Settings) -> Finding | None:
     from qqfilter.checks.mime.walk import Walk
 
     spool = message.spool
-    walk = Walk(spool, max_depth=settings[MIMEDEPTH], max_parts=settings[MIMEPARTS])
+    walk = Walk(
+        spool,
+        max_depth=settings[MIMEDEPTH],
+        max_parts=settings[MIMEPARTS],
+        directory=settings[SPOOLDIR],
+    )
     notes: list[str] = []
     for part in walk:
         found = _judge_part(spool, part, settings, blockkinds, rules, notes)
@@ -187,19 +194,19 @@ def _judge_part(
 
     label = f'"{part.name}"' if part.name else f"part {part.path}"
     detail = f"part {part.path} {part.content_type} {part.encoding or '7bit'}"
-    why = rules.bad_mime(spool, part) if rules else ""
+    why = rules.bad_mime(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_MIME")
     blockext = settings[BLOCKEXT]
-    if part.name and blockext:
-        why = filetypes.name_problem(part.name, blockext)
+    for name in part.names if blockext else ():  # refused when any name a client may use is
+        why = filetypes.name_problem(name, blockext)
         if why:
-            return _refuse(f"attachment {label}: {why}", detail)
+            return _refuse(f'attachment "{name.strip()}": {why}', detail)
     if blockkinds:
         kind = filetypes.content_kind(part.head, attachment=part.is_attachment)
         if kind and kind[0] in blockkinds:
             return _refuse(f"attachment {label}: {kind[1]}", f"{detail}: {kind[0]}")
-    why = rules.bad_loader(spool, part) if rules else ""
+    why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
     if settings[ARCHIVEDEPTH] and part.head.startswith(filetypes.ZIP_MAGIC):
@@ -219,7 +226,7 @@ def _judge_archive(
     from qqfilter.checks.mime import archives, filetypes
 
     size = part.end - part.start
-    if part.encoding == "base64":
+    if part.encoding in ("base64", "x-uuencode", "uuencode", "x-uue"):
         size = size * 3 // 4
     maxsize = settings[ARCHIVEMAXSIZE]
     if size > maxsize:

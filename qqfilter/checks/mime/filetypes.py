@@ -2,8 +2,10 @@
 
 Content first: magic numbers for the executable formats (no library needed), then libmagic
 (python-magic, imported on first use) for what has no fixed number at offset 0 (disk images,
-batch files), then, for attachments only, the marks of Windows script hosts (WSH objects in
-JScript/VBScript, HTA, PowerShell download-and-run idioms), which libmagic calls "text".
+batch files), then, for attachments only, Windows Registry files in any of the encodings
+regedit reads (libmagic knows some of them only), and the marks of Windows script hosts (WSH
+objects in JScript/VBScript, HTA, PowerShell download-and-run idioms), which libmagic calls
+"text".
 """
 
 import re
@@ -28,6 +30,8 @@ _LIBMAGIC = (
     ("MS Windows shortcut", "shortcut"),
     ("DOS batch file", "script"),
     ("Windows Registry text", "script"),
+    ("Windows Registry little-endian text", "script"),  # UTF-16LE with a BOM, regedit's own
+    ("Windows Registry big-endian text", "script"),
     ("ISO 9660", "diskimage"),
     ("UDF filesystem", "diskimage"),
     ("FAT (", "diskimage"),  # a FAT file system image; a bare boot-sector mark is too weak
@@ -41,6 +45,17 @@ _SCRIPT_MARKS = re.compile(
     rb"invoke-expression|\biex\s*\(|-encodedcommand\b|downloadstring\s*\(|"
     rb"new-object\s+system\.net\.webclient|frombase64string\s*\("
 )
+_REGISTRY_HEADERS = ("windows registry editor", "regedit4")
+_REGISTRY_FORMS = (
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"", "utf-16-le"),
+    (b"", "utf-16-be"),
+    (b"", "latin-1"),
+)
+"""Where a .reg file's header may be: after a byte-order mark or not, in UTF-16 (what regedit
+writes) or 8-bit text. libmagic names UTF-16LE with a BOM and plain text only."""
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -59,9 +74,22 @@ def content_kind(head: bytes, *, attachment: bool) -> tuple[str, str] | None:
     for mark, kind in _LIBMAGIC:
         if mark in description:
             return kind, description.split(",")[0]
+    if _registry_file(head):
+        return "script", "Windows Registry file"
     if _SCRIPT_MARKS.search(head[:16384].lower()):
         return "script", "Windows script (WSH, HTA or PowerShell)"
     return None
+
+
+def _registry_file(head: bytes) -> bool:
+    """Does ``head`` start as a file regedit imports (its header, in any of _REGISTRY_FORMS)?"""
+    start = head[:64]
+    for bom, codec in _REGISTRY_FORMS:
+        if start.startswith(bom):
+            text = start[len(bom) :].decode(codec, "ignore").lower()
+            if text.startswith(_REGISTRY_HEADERS):
+                return True
+    return False
 
 
 def _libmagic(head: bytes) -> str:

@@ -50,6 +50,8 @@ LEVEL = Setting(
     "SPF level (s/qmail): 0 off, 1 stamp headers only, 2 also 451 on DNS/record errors, "
     "3 reject fail, 4 also softfail, 5 also neutral, 6 also none and permerror",
     alias="SPFBEHAVIOR",
+    empty_means_set=True,
+    empty_as="0",  # SPF="" (or SPFBEHAVIOR=""): s/qmail's scan_ulong reads 0, off
 )
 SPFTIMEOUT = Setting(
     "spftimeout",

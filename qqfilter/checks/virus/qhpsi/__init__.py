@@ -27,15 +27,31 @@ QHPSI = Setting(
     "",
     program,
     "s/qmail QHPSI scanner program, run on the message file; %s marks the file's place",
+    empty_means_set=True,  # QHPSI="": no program to run, off (as in s/qmail)
 )
 QHPSIARG1 = Setting(
-    "qhpsiarg1", "QHPSIARG1", "", text, "first extra argument for the QHPSI scanner"
+    "qhpsiarg1",
+    "QHPSIARG1",
+    "",
+    text,
+    "first extra argument for the QHPSI scanner",
+    empty_means_set=True,  # QHPSIARG1="": no argument (s/qmail would pass an empty one)
 )
 QHPSIARG2 = Setting(
-    "qhpsiarg2", "QHPSIARG2", "", text, "second extra argument for the QHPSI scanner"
+    "qhpsiarg2",
+    "QHPSIARG2",
+    "",
+    text,
+    "second extra argument for the QHPSI scanner",
+    empty_means_set=True,
 )
 QHPSIARG3 = Setting(
-    "qhpsiarg3", "QHPSIARG3", "", text, "third extra argument for the QHPSI scanner"
+    "qhpsiarg3",
+    "QHPSIARG3",
+    "",
+    text,
+    "third extra argument for the QHPSI scanner",
+    empty_means_set=True,
 )
 QHPSIRC = Setting(
     "qhpsirc",
@@ -43,6 +59,8 @@ QHPSIRC = Setting(
     1,
     exit_status,
     "the QHPSI scanner's exit code for infected",
+    empty_means_set=True,
+    empty_as="1",  # not s/qmail's 0 (scan_ulong of ""), which calls every clean scan infected
 )
 QHPSIRN = Setting(
     "qhpsirn",
@@ -50,6 +68,8 @@ QHPSIRN = Setting(
     0,
     exit_status,
     "the QHPSI scanner's exit code for clean; any other code means it could not decide",
+    empty_means_set=True,
+    empty_as="0",  # indimail's scan_ulong of "": 0, the default
 )
 QHPSIMINSIZE = Setting(
     "qhpsiminsize",
@@ -57,6 +77,8 @@ QHPSIMINSIZE = Setting(
     0,
     byte_count,
     "skip the QHPSI scanner (logged) for messages smaller than this; 0 = no lower limit",
+    empty_means_set=True,
+    empty_as="0",  # s/qmail's scan_ulong of "": 0, no limit
 )
 QHPSIMAXSIZE = Setting(
     "qhpsimaxsize",
@@ -64,6 +86,8 @@ QHPSIMAXSIZE = Setting(
     0,
     byte_count,
     "skip the QHPSI scanner (logged) for messages larger than this; 0 = no upper limit",
+    empty_means_set=True,
+    empty_as="0",
 )
 SETTINGS = (
     QHPSI,
