@@ -132,7 +132,7 @@ def test_decoding_in_windows_gives_the_bytes_whatever_the_window(
     tmp_path, monkeypatch, window, encoding, line_end
 ):
     """Every window size, down to one byte, cuts a quantum, an escape or a line somewhere."""
-    from qqfilter.checks.mime import archives
+    from qqfilter.checks.mime import archives, walk
 
     data = random.Random(window).randbytes(5000) + b"\r\n\n=\r\n" + bytes(range(256))
     if encoding == "base64":
@@ -144,7 +144,7 @@ def test_decoding_in_windows_gives_the_bytes_whatever_the_window(
     body = body.replace(b"\n", line_end)
     spool = _spool_of(tmp_path, b"headers\n\n" + body)
     part = SimpleNamespace(spool=spool, encoding=encoding, start=9, end=9 + len(body))
-    monkeypatch.setattr(archives, "WINDOW", window)
+    monkeypatch.setattr(walk, "WINDOW", window)  # the one decoder's window (walk.decoded)
     fd = archives.anonymous_file(str(tmp_path))
     try:
         archives._decode_to(spool, part, fd, str(tmp_path))

@@ -8,23 +8,14 @@ only while the depth, member count and expanded-bytes budgets last. What the bud
 reported, so policy can judge it.
 """
 
-import binascii
 import os
 import zipfile
 from collections.abc import Iterator
 
 from qqfilter.checks.mime.filetypes import ZIP_MAGIC
-from qqfilter.checks.mime.walk import HEAD, Part, clean_base64, decode_base64
+from qqfilter.checks.mime.walk import HEAD, Part, decoded
 from qqfilter.exitcodes import QueueError
 from qqfilter.spool import Spool, anonymous_file, write_all
-
-UUENCODINGS = ("x-uuencode", "uuencode", "x-uue")
-"""The transfer encodings read as uuencode (as walk.decode_head reads them); the walk also
-gives a ``begin 644 name`` block in a text body as a part of encoding "x-uuencode"."""
-WINDOW = 1 << 20
-"""Bytes of the part read, and decoded, at a time."""
-MAX_UU_LINE = 4096
-"""A uuencoded line is at most 61 characters; a "line" longer than this is not uuencode."""
 
 
 class Member:
@@ -134,86 +125,7 @@ def _inner_zip(
 def _decode_to(spool: Spool, part: Part, fd: int, directory: str) -> None:
     """Write the part's body, decoded from its transfer encoding, to ``fd``, a window at a
     time: what zipfile reads is what the recipient's mail program would save."""
-    windows = _windows(spool, part.start, part.end)
-    if part.encoding == "base64":
-        decoded = _base64(windows)
-    elif part.encoding == "quoted-printable":
-        decoded = _quoted_printable(windows)
-    elif part.encoding in UUENCODINGS:
-        decoded = _uudecoded(windows)
-    else:  # 7bit, 8bit, binary, none, or a name no mail program decodes: the bytes as sent
-        decoded = windows
-    for data in decoded:
+    for data in decoded(spool, part.start, part.end, part.encoding):
         if data:
             write_all(fd, data, directory)
     os.lseek(fd, 0, os.SEEK_SET)
-
-
-def _windows(spool: Spool, start: int, end: int) -> Iterator[bytes]:
-    """The raw bytes in [start, end), a window at a time."""
-    position = start
-    while position < end:
-        raw = spool.read(position, min(WINDOW, end - position))
-        if not raw:
-            return
-        position += len(raw)
-        yield raw
-
-
-def _base64(windows: Iterator[bytes]) -> Iterator[bytes]:
-    """Lenient base64 (as walk.decode_base64), a window at a time: the characters of a
-    quantum split between two windows are carried over."""
-    carry = b""
-    for raw in windows:
-        data = carry + clean_base64(raw)
-        usable = len(data) - len(data) % 4
-        carry = data[usable:]
-        yield decode_base64(data[:usable])
-    if carry:
-        yield decode_base64(carry + b"=" * (-len(carry) % 4))
-
-
-def _quoted_printable(windows: Iterator[bytes]) -> Iterator[bytes]:
-    """Quoted-printable, whole lines at a time (a soft line break or an ``=XX`` escape is
-    never cut); a line longer than a window is cut before a partial escape."""
-    carry = b""
-    for raw in windows:
-        data = carry + raw
-        cut = data.rfind(b"\n") + 1
-        if not cut:
-            tail = data[-2:]
-            cut = len(data) - len(tail) + tail.find(b"=") if b"=" in tail else len(data)
-        carry = data[cut:]
-        yield binascii.a2b_qp(data[:cut])
-    if carry:
-        yield binascii.a2b_qp(carry)
-
-
-def _uudecoded(windows: Iterator[bytes]) -> Iterator[bytes]:
-    """uuencoded lines up to the ``end`` line (read as walk.decode_uu reads them: ``begin``
-    and empty lines skipped, the first line that does not decode ends the data)."""
-    carry = b""
-    for raw in windows:
-        lines = (carry + raw).split(b"\n")
-        carry = lines.pop()
-        data, done = _uu_lines(lines)
-        yield data
-        if done or len(carry) > MAX_UU_LINE:  # a line that long is not uuencode: the end
-            return
-    yield _uu_lines([carry])[0]
-
-
-def _uu_lines(lines: list[bytes]) -> tuple[bytes, bool]:
-    """The data of uuencoded ``lines``, and whether the data ended among them."""
-    out: list[bytes] = []
-    for line in lines:
-        line = line.rstrip(b"\r")
-        if not line or line.startswith(b"begin "):
-            continue
-        if line in (b"end", b"`"):
-            return b"".join(out), True
-        try:
-            out.append(binascii.a2b_uu(line))
-        except binascii.Error:
-            return b"".join(out), True
-    return b"".join(out), False

@@ -69,6 +69,12 @@ DECODE_FACTOR = 3
 MESSAGES = ("message/rfc822", "message/global", "message/news")
 """The types walked as a message inside the part."""
 ENCODED = ("base64", "quoted-printable")
+UUENCODINGS = ("x-uuencode", "uuencode", "x-uue")
+"""The transfer encodings read as uuencode (as walk.decode_head reads them); the walk also
+gives a ``begin 644 name`` block in a text body as a part of encoding "x-uuencode"."""
+MAX_UU_LINE = 4096
+"""A uuencoded line is at most 61 characters; a "line" longer than this is not uuencode."""
+
 COMPILE_AFTER = 64
 """Near misses (or empty parts) of one boundary after which it gets a pattern of its own."""
 """The transfer encodings decoded into a file when a message or uuencode is inside."""
@@ -584,22 +590,22 @@ class Walk:
         decoded text (in memory, a window at a time), and walked in a decoded file when a
         line starts with ``begin ``."""
         tail = b"\n"  # the text starts at a line start
-        for data in _decoded(src, start, end, encoding):
+        for data in decoded(src, start, end, encoding):
             if data.find(b"\nbegin ") >= 0 or (tail + data[:7]).find(b"\nbegin ") >= 0:
                 break
             tail = (tail + data[-7:])[-7:]
         else:
             return
-        decoded = self._decode(src, start, end, encoding, path)
-        if decoded is None:
+        text = self._decode(src, start, end, encoding, path)
+        if text is None:
             if not self.limits:  # no file to decode into: the text as it is
                 yield from self._uuencoded(src, start, end, path)
             return
         src.release()
         try:
-            yield from self._uuencoded(_Reader(decoded), 0, decoded.size, path)
+            yield from self._uuencoded(_Reader(text), 0, text.size, path)
         finally:
-            decoded.close()
+            text.close()
 
     def _decode(self, src: _Reader, start: int, end: int, encoding: str, path: str) -> Spool | None:
         """The body in [start, end) decoded into a file without a name, as a Spool to close;
@@ -611,7 +617,7 @@ class Walk:
             return None
         size = 0
         try:
-            for data in _decoded(src, start, end, encoding):
+            for data in decoded(src, start, end, encoding):
                 self.decoded += len(data)
                 if self.decoded > self.max_decoded:
                     self._limit(
@@ -814,35 +820,89 @@ def decode_head(spool: Spool, start: int, end: int, encoding: str) -> bytes:
     return spool.read(start, min(end - start, HEAD))
 
 
-def _decoded(spool: Spool, start: int, end: int, encoding: str) -> Iterator[bytes]:
-    """The body in [start, end) decoded from base64 (leniently, as ``decode_base64``) or
-    quoted-printable, a window at a time: a base64 quantum, a quoted-printable line or
-    escape split between two windows is carried over."""
-    carry = b""
+def decoded(spool: Spool, start: int, end: int, encoding: str) -> Iterator[bytes]:
+    """The body in [start, end) decoded from its transfer ``encoding``, a window at a time:
+    what the recipient's mail program would save (base64 leniently, quoted-printable, the
+    uuencode family; 7bit, 8bit, binary and names no mail program decodes as sent). The one
+    decoder for whole bodies: encoded messages and texts here, archives in archives.py."""
+    windows = _windows(spool, start, end)
+    if encoding == "base64":
+        return _base64(windows)
+    if encoding == "quoted-printable":
+        return _quoted_printable(windows)
+    if encoding in UUENCODINGS:
+        return _uudecoded(windows)
+    return windows
+
+
+def _windows(spool: Spool, start: int, end: int) -> Iterator[bytes]:
+    """The raw bytes in [start, end), a window at a time."""
     position = start
     while position < end:
         raw = spool.read(position, min(WINDOW, end - position))
         if not raw:
-            break
+            return
         position += len(raw)
-        if encoding == "base64":
-            data = carry + clean_base64(raw)
-            usable = len(data) - len(data) % 4
-            carry = data[usable:]
-            yield decode_base64(data[:usable])
-        else:
-            data = carry + raw
-            cut = data.rfind(b"\n") + 1
-            if not cut:  # a line longer than a window: cut before a partial escape
-                tail = data[-2:]
-                cut = len(data) - len(tail) + tail.find(b"=") if b"=" in tail else len(data)
-            carry = data[cut:]
-            yield binascii.a2b_qp(data[:cut])
+        yield raw
+
+
+def _base64(windows: Iterator[bytes]) -> Iterator[bytes]:
+    """Lenient base64 (as walk.decode_base64), a window at a time: the characters of a
+    quantum split between two windows are carried over."""
+    carry = b""
+    for raw in windows:
+        data = carry + clean_base64(raw)
+        usable = len(data) - len(data) % 4
+        carry = data[usable:]
+        yield decode_base64(data[:usable])
     if carry:
-        if encoding == "base64":
-            yield decode_base64(carry + b"=" * (-len(carry) % 4))
-        else:
-            yield binascii.a2b_qp(carry)
+        yield decode_base64(carry + b"=" * (-len(carry) % 4))
+
+
+def _quoted_printable(windows: Iterator[bytes]) -> Iterator[bytes]:
+    """Quoted-printable, whole lines at a time (a soft line break or an ``=XX`` escape is
+    never cut); a line longer than a window is cut before a partial escape."""
+    carry = b""
+    for raw in windows:
+        data = carry + raw
+        cut = data.rfind(b"\n") + 1
+        if not cut:
+            tail = data[-2:]
+            cut = len(data) - len(tail) + tail.find(b"=") if b"=" in tail else len(data)
+        carry = data[cut:]
+        yield binascii.a2b_qp(data[:cut])
+    if carry:
+        yield binascii.a2b_qp(carry)
+
+
+def _uudecoded(windows: Iterator[bytes]) -> Iterator[bytes]:
+    """uuencoded lines up to the ``end`` line (read as walk.decode_uu reads them: ``begin``
+    and empty lines skipped, the first line that does not decode ends the data)."""
+    carry = b""
+    for raw in windows:
+        lines = (carry + raw).split(b"\n")
+        carry = lines.pop()
+        data, done = _uu_lines(lines)
+        yield data
+        if done or len(carry) > MAX_UU_LINE:  # a line that long is not uuencode: the end
+            return
+    yield _uu_lines([carry])[0]
+
+
+def _uu_lines(lines: list[bytes]) -> tuple[bytes, bool]:
+    """The data of uuencoded ``lines``, and whether the data ended among them."""
+    out: list[bytes] = []
+    for line in lines:
+        line = line.rstrip(b"\r")
+        if not line or line.startswith(b"begin "):
+            continue
+        if line in (b"end", b"`"):
+            return b"".join(out), True
+        try:
+            out.append(binascii.a2b_uu(line))
+        except binascii.Error:
+            return b"".join(out), True
+    return b"".join(out), False
 
 
 def clean_base64(raw: bytes) -> bytes:
