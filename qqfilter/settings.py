@@ -60,6 +60,10 @@ class Setting(Generic[T]):
     variable for presence, so one set to the empty string is set, and it is read as
     ``empty_as`` (the text s/qmail's reading of "" amounts to, handed to the parser like any
     value). Rows without it (every ``QQF_*`` name) follow tcprules' "empty = unset".
+
+    ``server_only`` marks a row whose value is a program, its arguments, a path or a server:
+    the resident server takes it from its own settings only, never from a peer that is not
+    its own user (docs/security.md, "Who may set what").
     """
 
     __slots__ = (
@@ -72,6 +76,7 @@ class Setting(Generic[T]):
         "formerly",
         "name",
         "parse",
+        "server_only",
     )
 
     def __init__(
@@ -86,6 +91,7 @@ class Setting(Generic[T]):
         formerly: str = "",
         empty_means_set: bool = False,
         empty_as: str = "",
+        server_only: bool = False,
     ) -> None:
         self.name = name
         self.env = env
@@ -96,6 +102,7 @@ class Setting(Generic[T]):
         self.formerly = formerly
         self.empty_means_set = empty_means_set
         self.empty_as = empty_as
+        self.server_only = server_only
 
 
 # Parsers: each takes what the environment (a string) or TOML (any type) gave, returns the
@@ -233,6 +240,7 @@ QMAILQUEUE = Setting(
     "/var/qmail/bin/qmail-queue",
     path,
     "the queue program an accepted message is handed to (QMAILQUEUE is ignored)",
+    server_only=True,
 )
 QMAILHOME = Setting(
     "qmailhome",
@@ -240,6 +248,7 @@ QMAILHOME = Setting(
     "/var/qmail",
     path,
     "qmail's home: control files are read from its control/ directory",
+    server_only=True,
 )
 SPOOLDIR = Setting(
     "spooldir",
@@ -247,6 +256,7 @@ SPOOLDIR = Setting(
     os.environ.get("TMPDIR") or "/tmp",
     path,
     "where the message is held (in files without a name) while it is checked",
+    server_only=True,
 )
 CODES = Setting(
     "codes",
@@ -293,6 +303,21 @@ CORE: tuple[Setting, ...] = (
     DROP_CATEGORIES,
     SCANERROR,
 )
+
+
+CONFIG_VARIABLE = "QQF_CONFIG"
+"""Names the TOML file: a path, so a server-only variable like the rows marked so."""
+
+
+def server_only_variables() -> frozenset[str]:
+    """The variables a resident server never takes from a peer that is not its own user:
+    those of every ``server_only`` row (and their aliases), and QQF_CONFIG."""
+    rows = every_setting()
+    names = {CONFIG_VARIABLE}
+    for row in rows:
+        if row.server_only:
+            names.update(name for name in (row.env, row.alias) if name)
+    return frozenset(names)
 
 
 def every_setting() -> tuple[Setting, ...]:
@@ -392,7 +417,7 @@ def _read_file(
     """The TOML table and its path; absent is fine unless QQF_CONFIG named the file."""
     from qqfilter import control
 
-    path = environ.get("QQF_CONFIG") or DEFAULT_CONFIG
+    path = environ.get(CONFIG_VARIABLE) or DEFAULT_CONFIG
     try:
         data = control.trusted_bytes(path)
     except control.Untrusted as exc:
@@ -402,13 +427,16 @@ def _read_file(
         errors.append(SettingError("config", path, exc.strerror or str(exc)))
         return {}, path
     if data is None:
-        if environ.get("QQF_CONFIG"):
-            errors.append(SettingError("config", "QQF_CONFIG", f"{path}: no such file"))
+        if environ.get(CONFIG_VARIABLE):
+            errors.append(SettingError("config", CONFIG_VARIABLE, f"{path}: no such file"))
         return {}, path
     import tomllib
 
     try:
         table = tomllib.loads(data.decode("utf-8"))
+    except RecursionError:  # tomllib recurses per nested table or array
+        errors.append(SettingError("config", path, "not valid TOML: nested too deep"))
+        return {}, path
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         errors.append(SettingError("config", path, f"not valid TOML: {exc}"))
         return {}, path

@@ -32,6 +32,7 @@ DNS: Setting[tuple[str, ...]] = Setting(
     (),
     server_list(parse_servers, "ip or ip:port"),
     "DNS servers for SPF: comma list of ip or ip:port; empty = those of /etc/resolv.conf",
+    server_only=True,
 )
 
 

@@ -29,6 +29,7 @@ RCPTLIST = Setting(
     text,
     "a file of valid addresses (and @domain for whole domains) for domains whose "
     "mailboxes live elsewhere; the domains in it are judged by it alone",
+    server_only=True,
 )
 BOUNCERCPTS = Setting(
     "bouncercpts",

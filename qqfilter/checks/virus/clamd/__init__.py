@@ -40,6 +40,7 @@ CLAMD: Setting[tuple[str, ...]] = Setting(
         lambda value: hostport.servers(value, "clamd", endpoint), "unix:/path or host:port"
     ),
     "clamd servers to scan with, tried in order: comma list of unix:/path or host:port",
+    server_only=True,
 )
 CLAMDCONNECT = Setting(
     "clamdconnect",

@@ -28,6 +28,7 @@ QHPSI = Setting(
     program,
     "s/qmail QHPSI scanner program, run on the message file; %s marks the file's place",
     empty_means_set=True,  # QHPSI="": no program to run, off (as in s/qmail)
+    server_only=True,
 )
 QHPSIARG1 = Setting(
     "qhpsiarg1",
@@ -36,6 +37,7 @@ QHPSIARG1 = Setting(
     text,
     "first extra argument for the QHPSI scanner",
     empty_means_set=True,  # QHPSIARG1="": no argument (s/qmail would pass an empty one)
+    server_only=True,
 )
 QHPSIARG2 = Setting(
     "qhpsiarg2",
@@ -44,6 +46,7 @@ QHPSIARG2 = Setting(
     text,
     "second extra argument for the QHPSI scanner",
     empty_means_set=True,
+    server_only=True,
 )
 QHPSIARG3 = Setting(
     "qhpsiarg3",
@@ -52,6 +55,7 @@ QHPSIARG3 = Setting(
     text,
     "third extra argument for the QHPSI scanner",
     empty_means_set=True,
+    server_only=True,
 )
 QHPSIRC = Setting(
     "qhpsirc",
@@ -61,6 +65,7 @@ QHPSIRC = Setting(
     "the QHPSI scanner's exit code for infected",
     empty_means_set=True,
     empty_as="1",  # not s/qmail's 0 (scan_ulong of ""), which calls every clean scan infected
+    server_only=True,
 )
 QHPSIRN = Setting(
     "qhpsirn",
@@ -70,6 +75,7 @@ QHPSIRN = Setting(
     "the QHPSI scanner's exit code for clean; any other code means it could not decide",
     empty_means_set=True,
     empty_as="0",  # indimail's scan_ulong of "": 0, the default
+    server_only=True,
 )
 QHPSIMINSIZE = Setting(
     "qhpsiminsize",
