@@ -132,12 +132,12 @@ SETTINGS = (
 )
 PRELOAD = (
     "magic",
-    "zipfile",
     "qqfilter.checks.mime.archives",
     "qqfilter.checks.mime.filetypes",
     "qqfilter.checks.mime.names",
     "qqfilter.checks.mime.walk",
     "qqfilter.checks.mime.warlord",
+    "qqfilter.checks.mime.zipread",
 )
 STATUS = "5.7.1"
 
@@ -209,9 +209,23 @@ def _judge_part(
     why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
-    if settings[ARCHIVEDEPTH] and part.head.startswith(filetypes.ZIP_MAGIC):
+    if settings[ARCHIVEDEPTH] and _is_zip(part):
         return _judge_archive(spool, part, settings, blockkinds, label, detail, notes)
     return None
+
+
+def _is_zip(part: Part) -> bool:
+    """A zip by its first bytes, or by an end record near its end, as unzip and 7-Zip find
+    one (a self-extractor, a polyglot: data in front of the zip)."""
+    from qqfilter.checks.mime import zipread
+    from qqfilter.checks.mime.walk import decode_tail
+
+    if part.head.startswith(zipread.LOCAL):
+        return True
+    if len(part.head) < zipread.END_SIZE or part.end - part.start < zipread.END_SIZE:
+        return False
+    tail = decode_tail(part.spool, part.start, part.end, part.encoding, zipread.TAIL)
+    return any(True for _ in zipread.end_records(tail, None))
 
 
 def _judge_archive(
@@ -239,13 +253,16 @@ def _judge_archive(
     )
     blockext = settings[BLOCKEXT]
     for member in archives.members(spool, part, settings[SPOOLDIR], budget):
-        why = filetypes.name_problem(member.name, blockext) if blockext else ""
-        if not why and blockkinds and member.head:
+        for name in member.names if blockext else ():  # any name a reader may show
+            why = filetypes.name_problem(name, blockext)
+            if why:
+                return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
+        if blockkinds and member.head:
             kind = filetypes.content_kind(member.head, attachment=True)
             if kind and kind[0] in blockkinds:
-                why = kind[1]
-        if why:
-            return _refuse(f"attachment {label}: archive member {member.name}: {why}", detail)
+                return _refuse(
+                    f"attachment {label}: archive member {member.name}: {kind[1]}", detail
+                )
         if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
             return _refuse(f"attachment {label}: Java archive", detail)
     notes.extend(budget.exceeded)

@@ -2,31 +2,40 @@
 
 The archive is decoded from the spool into a file without a name (never into memory), from
 whatever transfer encoding it came in (base64, quoted-printable, uuencode, or none), and read
-with the stdlib's zipfile from its central directory. Of each member only the first
-bytes are decompressed, so a zip bomb costs what its heads cost; a zip inside a zip is opened
-only while the depth, member count and expanded-bytes budgets last. What the budgets stop is
-reported, so policy can judge it.
+an entry at a time by zipread.py from its central directory (found from the end, so data in
+front of the zip does not hide it). Of each member only the first bytes are decompressed, so
+a zip bomb costs what its heads cost, and the directory is read only as far as the member
+budget goes, so a directory of a million entries costs what a thousand cost. A zip inside a
+zip is opened only while the depth, member count and expanded-bytes budgets last. What the
+budgets stop is reported, so policy can judge it.
 """
 
 import os
-import zipfile
+import struct
 from collections.abc import Iterator
 
-from qqfilter.checks.mime.filetypes import ZIP_MAGIC
+from qqfilter.checks.mime import zipread
 from qqfilter.checks.mime.walk import HEAD, Part, decoded
 from qqfilter.exitcodes import QueueError
 from qqfilter.spool import Spool, anonymous_file, write_all
 
+INNER_NAMES = (".zip", ".jar")
+"""Members expanded to be looked into even when they do not start as a zip (a zip with data
+in front: a self-extractor or a polyglot under a zip's name)."""
+
 
 class Member:
-    """One file in an archive: its name (with the names of the archives around it) and its
-    head (empty for an encrypted member: judged by name only)."""
+    """One file in an archive: every name a reader may show for it (with the names of the
+    archives around it; ``name`` first) and its head (empty for an encrypted member or one
+    whose compression is not read here: judged by name only)."""
 
-    __slots__ = ("head", "name")
+    __slots__ = ("encrypted", "head", "name", "names")
 
-    def __init__(self, name: str, head: bytes) -> None:
-        self.name = name
+    def __init__(self, names: tuple[str, ...], head: bytes, *, encrypted: bool) -> None:
+        self.names = names
+        self.name = names[0]
         self.head = head
+        self.encrypted = encrypted
 
 
 class Budget:
@@ -60,71 +69,72 @@ def members(spool: Spool, part: Part, directory: str, budget: Budget) -> Iterato
 
 
 def _walk_zip(stream, outer: str, depth: int, budget: Budget, directory: str) -> Iterator[Member]:
+    size = os.fstat(stream.fileno()).st_size
     try:
-        archive = zipfile.ZipFile(stream)
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
-        budget.note(f"{outer}: not a readable zip archive")
-        return
-    with archive:
-        for info in archive.infolist():
+        for entry in zipread.entries(stream, size):
             if budget.members <= 0:
                 budget.note("too many archive members")
                 return
             budget.members -= 1
-            name = f"{outer}/{info.filename}"
-            encrypted = bool(info.flag_bits & 0x1)
-            head = b"" if encrypted else _head(archive, info, budget, name)
-            yield Member(name, head)
-            if head.startswith(ZIP_MAGIC):
-                yield from _inner_zip(archive, info, name, depth, budget, directory)
+            names = tuple(f"{outer}/{name}" for name in entry.names)
+            head = b"" if entry.encrypted else _head(stream, entry, budget, names[0])
+            yield Member(names, head, encrypted=entry.encrypted)
+            if head.startswith(zipread.LOCAL) or (head and names[0].lower().endswith(INNER_NAMES)):
+                yield from _inner_zip(stream, entry, names[0], depth, budget, directory)
+    except zipread.NotZip:
+        budget.note(f"{outer}: not a readable zip archive")
+    except (OSError, ValueError, OverflowError, struct.error):  # a directory that lies
+        budget.note(f"{outer}: not a readable zip archive")
 
 
-def _head(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: Budget, name: str) -> bytes:
+def _head(stream, entry: zipread.Entry, budget: Budget, name: str) -> bytes:
     try:
-        with archive.open(info) as member:
-            head = member.read(HEAD)
-    except Exception:  # zipfile raises many kinds on hostile archives; the name still counts
+        head = b"".join(zipread.decompressed(stream, entry, HEAD))
+    except zipread.NotZip:
         budget.note(f"{name}: cannot be read")
+        return b""
+    except ValueError as exc:  # a method not read here, or data that does not decompress
+        budget.note(f"{name}: cannot be read ({exc})")
         return b""
     budget.expanded += len(head)
     return head
 
 
 def _inner_zip(
-    archive, info, name: str, depth: int, budget: Budget, directory: str
+    stream, entry: zipread.Entry, name: str, depth: int, budget: Budget, directory: str
 ) -> Iterator[Member]:
     """A zip inside a zip, expanded into a nameless file (never into memory) within budget."""
     if depth >= budget.depth:
         budget.note(f"{name}: archives nested deeper than {budget.depth}")
         return
-    if budget.expanded + info.file_size > budget.max_expanded:
+    if budget.expanded + entry.size > budget.max_expanded:
         budget.note(f"{name}: over the expanded-size budget")
         return
     fd = anonymous_file(directory)
     try:
+        allowed = budget.max_expanded - budget.expanded
         try:
-            with archive.open(info) as member:
-                while chunk := member.read(1 << 20):
-                    budget.expanded += len(chunk)
-                    if budget.expanded > budget.max_expanded:
-                        budget.note(f"{name}: over the expanded-size budget")
-                        return
-                    write_all(fd, chunk, directory)
+            for chunk in zipread.decompressed(stream, entry, allowed + 1):
+                budget.expanded += len(chunk)
+                if budget.expanded > budget.max_expanded:
+                    budget.note(f"{name}: over the expanded-size budget")
+                    return
+                write_all(fd, chunk, directory)
         except QueueError:
             raise  # the spool directory is full: that is 53, not a note
-        except Exception:  # zipfile raises many kinds on hostile archives
+        except (zipread.NotZip, ValueError, OSError):
             budget.note(f"{name}: cannot be read")
             return
         os.lseek(fd, 0, os.SEEK_SET)
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            yield from _walk_zip(stream, name, depth + 1, budget, directory)
+        with os.fdopen(os.dup(fd), "rb") as inner:
+            yield from _walk_zip(inner, name, depth + 1, budget, directory)
     finally:
         os.close(fd)
 
 
 def _decode_to(spool: Spool, part: Part, fd: int, directory: str) -> None:
     """Write the part's body, decoded from its transfer encoding, to ``fd``, a window at a
-    time: what zipfile reads is what the recipient's mail program would save."""
+    time: what the zip reader reads is what the recipient's mail program would save."""
     for data in decoded(spool, part.start, part.end, part.encoding):
         if data:
             write_all(fd, data, directory)

@@ -10,8 +10,6 @@ objects in JScript/VBScript, HTA, PowerShell download-and-run idioms), which lib
 
 import re
 
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
 _MAGIC_NUMBERS = (
     (b"MZ", "windows", "DOS/Windows executable (MZ)"),
     (b"\x7fELF", "elf", "ELF executable"),

@@ -820,6 +820,29 @@ def decode_head(spool: Spool, start: int, end: int, encoding: str) -> bytes:
     return spool.read(start, min(end - start, HEAD))
 
 
+def decode_tail(spool: Spool, start: int, end: int, encoding: str, length: int) -> bytes:
+    """About the last ``length`` bytes of the body in [start, end), decoded from
+    ``encoding`` (at least that many when the body has them): where a zip keeps its end
+    record. Base64 is decoded from the quantum boundary that a correctly padded body ends
+    on; quoted-printable and uuencode from a line start."""
+    if encoding == "base64":
+        first = max(start, end - length * 2)
+        clean = clean_base64(spool.read(first, end - first))
+        if first > start:
+            clean = clean[len(clean) % 4 :]
+        return decode_base64(clean)[-length:]
+    if encoding == "quoted-printable" or encoding in UUENCODINGS:
+        first = max(start, end - length * 3)
+        raw = spool.read(first, end - first)
+        if first > start:
+            raw = raw[raw.find(b"\n") + 1 :]
+        if encoding == "quoted-printable":
+            return binascii.a2b_qp(raw)[-length:]
+        return _uu_lines(raw.split(b"\n"))[0][-length:]
+    first = max(start, end - length)
+    return spool.read(first, end - first)
+
+
 def decoded(spool: Spool, start: int, end: int, encoding: str) -> Iterator[bytes]:
     """The body in [start, end) decoded from its transfer ``encoding``, a window at a time:
     what the recipient's mail program would save (base64 leniently, quoted-printable, the
