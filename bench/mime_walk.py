@@ -64,7 +64,7 @@ def compare(path: Path) -> None:
         fd, size = stream.fileno(), os.fstat(stream.fileno()).st_size
 
         def ours() -> None:
-            parts = list(Walk(Spool(fd, size)))
+            parts = list(Walk(Spool(fd, size, size)))
             assert parts[-1].head, "the attachment's head was decoded"
 
         walk = best_of(5, ours)
@@ -88,12 +88,12 @@ size = os.fstat(fd).st_size
 if sys.argv[2] == "nothing":
     pass
 elif sys.argv[2] == "walk":
-    parts = list(Walk(Spool(fd, size)))
+    parts = list(Walk(Spool(fd, size, size)))
 else:
     settings, errors = load({"BADLOADERTYPE": "M", "QQF_QMAILHOME": sys.argv[3],
                              "QQF_CONFIG": "/dev/null"})
     assert not errors, errors
-    message = Message(Spool(fd, size), parse(b"Fa@b\\0Tc@d\\0\\0"), Connection("192.0.2.1"))
+    message = Message(Spool(fd, size, size), parse(b"Fa@b\\0Tc@d\\0\\0"), Connection("192.0.2.1"))
     mime.check(message, settings)
 """
 

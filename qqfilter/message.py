@@ -61,5 +61,6 @@ class Message:
 
     @property
     def size(self) -> int:
-        """Size in bytes, as received."""
-        return self.spool.size
+        """Size in bytes, as received (more than the spool holds when a message over
+        QQF_MAXSIZE was cut while it came in)."""
+        return self.spool.received

@@ -14,6 +14,7 @@ import os
 import time
 
 from qqfilter import envelope, exitcodes, handoff, logline, replypipe
+from qqfilter.checks.size import MAXSIZE
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.message import Connection, Message
@@ -127,7 +128,8 @@ def _filter(
 ) -> Action:
     """Spool, then judge; the spool is closed unless it is what is handed on (a resident
     server lives on: every descriptor it keeps is a file it keeps on disk)."""
-    spool = Spool.receive(message_fd, settings[SPOOLDIR])
+    limit = settings[MAXSIZE]  # the size check's limit bounds what is kept on disk too
+    spool = Spool.receive(message_fd, settings[SPOOLDIR], keep=limit + 1 if limit else 0)
     action = None
     try:
         action = _judge(spool, connection, settings, fields, envelope_fd, reply_usable, gate)
@@ -147,7 +149,7 @@ def _judge(
     gate: AbstractContextManager[None] | None,
 ) -> Action:
     """Parse the envelope, evaluate, conclude. Raises QueueError on contract failures."""
-    fields["size"] = spool.size
+    fields["size"] = spool.received
     parsed = envelope.read(envelope_fd)
     fields.update({"from": logline.address(parsed.sender), "rcpts": len(parsed.recipients)})
     if gate is None:
@@ -166,6 +168,8 @@ def _judge(
     if verdict.action != ACCEPT:
         code, reply = answer(verdict, settings, reply_usable)
         return Action(code, reply=reply, errfd=settings[ERRFD] if reply else 0)
+    if spool.received != spool.size:  # only the size check's refusal may follow a cut
+        raise QueueError(exitcodes.INTERNAL_BUG, "a message cut at QQF_MAXSIZE was accepted")
     program = settings[QMAILQUEUE]
     if not os.path.isfile(program) or not os.access(program, os.X_OK):
         raise QueueError(exitcodes.TEMPFAILED, f"qmail-queue: cannot run {program}: not executable")

@@ -134,6 +134,19 @@ def count(value: object) -> int:
     return number
 
 
+def bounded(minimum: int, maximum: int) -> Callable[[object], int]:
+    """A parser for a whole number from ``minimum`` to ``maximum`` (a depth the code
+    recurses to has a ceiling, whoever sets it)."""
+
+    def parse(value: object) -> int:
+        number = byte_count(value)
+        if not minimum <= number <= maximum:
+            raise ValueError(f"must be from {minimum} to {maximum}")
+        return number
+
+    return parse
+
+
 def seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError("must be a number of seconds")

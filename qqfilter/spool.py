@@ -51,23 +51,27 @@ _NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 class Spool:
     """A message held in an anonymous file: its descriptor and size, read at any offset
     (pread), in windows of WINDOW bytes when searched, so a search costs one window of
-    memory whatever the message size."""
+    memory whatever the message size. ``received`` is how many bytes came in; more than
+    ``size`` only when receiving stopped keeping them (``receive``'s ``keep``)."""
 
-    __slots__ = ("fd", "size")
+    __slots__ = ("fd", "received", "size")
 
-    def __init__(self, fd: int, size: int) -> None:
+    def __init__(self, fd: int, size: int, received: int) -> None:
         self.fd = fd
         self.size = size
+        self.received = received
 
     @classmethod
-    def receive(cls, source: int, directory: str) -> Spool:
-        """Copy everything readable from descriptor ``source`` into a new spool file.
+    def receive(cls, source: int, directory: str, keep: int = 0) -> Spool:
+        """Copy everything readable from descriptor ``source`` into a new spool file; with
+        ``keep``, only the first ``keep`` bytes, the rest read and counted, not stored (a
+        message over QQF_MAXSIZE must not fill the spool's disk before it is refused).
 
         A read error is 54, a write error (disk full, file size limit) 53; either way the
         partial file is closed, and so gone.
         """
         fd = anonymous_file(directory)
-        size = 0
+        size = received = 0
         try:
             while True:
                 try:
@@ -78,12 +82,15 @@ class Spool:
                     ) from None
                 if not chunk:
                     break
+                received += len(chunk)
+                if keep and size + len(chunk) > keep:
+                    chunk = chunk[: keep - size]
                 write_all(fd, chunk, directory)
                 size += len(chunk)
         except BaseException:
             os.close(fd)
             raise
-        return cls(fd, size)
+        return cls(fd, size, received)
 
     def close(self) -> None:
         """Release the file; the kernel frees it with its last descriptor."""

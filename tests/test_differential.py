@@ -123,7 +123,7 @@ def read_qqfilter(data: bytes, directory: str) -> Reading:
     """The walk's leaves: every part it yields, with all its names."""
     fd = anonymous_file(directory)
     write_all(fd, data, directory)
-    spool = Spool(fd, len(data))
+    spool = Spool(fd, len(data), len(data))
     leaves = []
     try:
         walk = Walk(spool, directory=directory)

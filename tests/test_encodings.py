@@ -122,7 +122,7 @@ def _spool_of(tmp_path, data: bytes):
     path = tmp_path / "spool-file"
     path.write_bytes(data)
     fd = os.open(path, os.O_RDONLY)
-    return Spool(fd, len(data))
+    return Spool(fd, len(data), len(data))
 
 
 @pytest.mark.parametrize("window", [1, 2, 3, 5, 7, 64, 1 << 20])

@@ -36,6 +36,27 @@ def test_file_size_limit_while_spooling_is_53_and_leaves_nothing(qq):
     assert "cannot write" in out.field("reason")
 
 
+def test_a_message_over_maxsize_is_not_spooled_past_the_limit(qq):
+    """With qmail's databytes unset, a sender must not fill the spool's disk: past
+    QQF_MAXSIZE nothing more is written, the rest is read and dropped, and the answer is
+    the size refusal (31), not a write error (53, retried)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    big = b"Subject: big\n\n" + b"x" * 20_000_000
+    out = qq.submit(big, ENV, env={"QQF_MAXSIZE": "500000"}, preexec_fn=limit, measure=True)
+    assert_clean_failure(out, 31)
+    assert out.field("check") == "size"
+    assert out.field("size") == str(len(big))
+    assert f"message is {len(big)} bytes" in out.field("reason")
+    assert out.peak_kib < 64 * 1024
+    under = b"Subject: small\n\n" + b"x" * 400_000
+    out = qq.submit(under, ENV, env={"QQF_MAXSIZE": "500000"}, preexec_fn=limit)
+    assert out.returncode == 0, out.stderr
+    assert out.message.endswith(under)
+
+
 def test_client_that_gives_up_before_the_envelope_is_54(qq):
     out = qq.submit(PLAIN, b"")
     assert_clean_failure(out, 54)

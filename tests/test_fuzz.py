@@ -85,7 +85,7 @@ def test_stamped_headers_are_well_formed_and_the_message_follows_unchanged(
     directory = os.environ.get("TMPDIR", "/tmp")
     fd = anonymous_file(directory)
     write_all(fd, body, directory)
-    spool = Spool(fd, len(body))
+    spool = Spool(fd, len(body), len(body))
     handed = handoff.message_fd(spool, block, directory)
     try:
         data = b""

@@ -110,7 +110,7 @@ def mutated(draw) -> bytes:
 def spool_of(data: bytes, directory: str) -> Spool:
     fd = anonymous_file(directory)
     write_all(fd, data, directory)
-    return Spool(fd, len(data))
+    return Spool(fd, len(data), len(data))
 
 
 EXAMPLES = int(os.environ.get("QQF_FUZZ_EXAMPLES", "0"))

@@ -252,6 +252,38 @@ def uuencoded(data: bytes, name: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("encoding", [b"base64", b"quoted-printable"])
+def nested(depth: int, inner: bytes) -> bytes:
+    for level in range(depth):
+        boundary = b"d%d" % level
+        inner = (
+            b'Content-Type: multipart/mixed; boundary="'
+            + boundary
+            + b'"\n\n--'
+            + boundary
+            + b"\n"
+            + inner
+            + b"\n--"
+            + boundary
+            + b"--\n"
+        )
+    return inner
+
+
+def test_depth_settings_have_a_ceiling(qq):
+    """The walk recurses per level, archives nest generators: a depth beyond the ceiling is
+    a configuration error (55) before any message is read, never a RecursionError (81)."""
+    message = nested(1500, exe_part())
+    for variable, value in (("QQF_MIMEDEPTH", "2000"), ("QQF_ARCHIVEDEPTH", "5000")):
+        out = qq.submit(message, ENV, env={variable: value})
+        assert_clean_failure(out, 55)
+        assert "must be from" in out.field("reason")
+    out = qq.submit(message, ENV, env={"QQF_MIMEDEPTH": "100"})
+    assert_clean_failure(out, 31)
+    assert "MIME nesting deeper than 100" in out.field("reason")
+    out = qq.submit(nested(99, exe_part()), ENV, env={"QQF_MIMEDEPTH": "100"})
+    refused_for_the_executable(out)
+
+
 def test_uuencode_inside_an_encoded_text_part(qq, encoding):
     text = encoded(uuencoded(PE, b"notes.txt"), b"text/plain; charset=us-ascii", encoding)
     out = qq.submit(mime(TEXT_PART, text), ENV)
@@ -355,7 +387,7 @@ class CountingSpool(Spool):
     __slots__ = ("bytes_read",)
 
     def __init__(self, fd: int, size: int) -> None:
-        super().__init__(fd, size)
+        super().__init__(fd, size, size)
         self.bytes_read = 0
 
     def read(self, start: int, length: int) -> bytes:

@@ -4,6 +4,11 @@ A shared building block: the setting QQF_DNS is declared here, and each check un
 looks names up lists it in its SETTINGS (today SPF; next the sender checks and DKIM/DMARC).
 dnspython is imported on the first lookup, never at start-up.
 
+In a resident server the cache lives as long as the server, and both what goes in and how
+long it stays are the sender's to choose (a new SPF domain per message, large TXT records, a
+TTL of a week): it is an LRU of CACHE_ENTRIES answers, an answer larger than BIG_ANSWER is
+not kept, and none is kept longer than MAX_TTL.
+
 pyspf looks names up through its module-level ``DNSLookup`` function; ``lookup`` is a
 replacement bound to our resolver. It asks the same questions pyspf's own dnspython adapter
 asks, but with ``resolve`` (not the deprecated ``query``, whose warnings would reach the log),
@@ -57,6 +62,12 @@ def _is_address(host: str) -> bool:
 
 
 _RESOLVERS: dict[tuple[str, ...], dns.resolver.Resolver] = {}
+CACHE_ENTRIES = 2000
+"""Answers a resolver keeps (least recently used go first)."""
+BIG_ANSWER = 4096
+"""Bytes (on the wire) past which an answer is not kept: asked again instead."""
+MAX_TTL = 3600
+"""Seconds an answer is kept at most, whatever TTL it came with."""
 
 
 def forget() -> None:
@@ -72,12 +83,31 @@ def make_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:
     """
     resolver = _RESOLVERS.get(servers)
     if resolver is None:
-        import dns.resolver
-
         resolver = _new_resolver(servers)
-        resolver.cache = dns.resolver.Cache()
+        resolver.cache = _bounded_cache()
         _RESOLVERS[servers] = resolver
     return resolver
+
+
+def _bounded_cache() -> dns.resolver.LRUCache:
+    """dnspython's LRU cache of CACHE_ENTRIES answers, keeping no answer over BIG_ANSWER
+    bytes or past MAX_TTL seconds."""
+    import time
+
+    import dns.resolver
+
+    class BoundedCache(dns.resolver.LRUCache):
+        def put(self, key, value) -> None:
+            try:
+                size = len(value.response.to_wire())
+            except Exception:  # an answer that cannot be measured is not kept
+                return
+            if size > BIG_ANSWER:
+                return
+            value.expiration = min(value.expiration, time.time() + MAX_TTL)
+            super().put(key, value)
+
+    return BoundedCache(CACHE_ENTRIES)
 
 
 def _new_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:

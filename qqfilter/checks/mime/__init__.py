@@ -24,6 +24,7 @@ from qqfilter.settings import (
     SPOOLDIR,
     Setting,
     Settings,
+    bounded,
     byte_count,
     count,
     flags,
@@ -75,11 +76,13 @@ BADLOADERTYPE = Setting(
     "+ skips RELAYCLIENT, - or empty is off",
     empty_means_set=True,  # BADLOADERTYPE="": no character to look for, off (as in s/qmail)
 )
+MAX_MIMEDEPTH = 100
+"""The walk recurses once per level: the setting's ceiling keeps it far from Python's."""
 MIMEDEPTH = Setting(
     "mimedepth",
     "QQF_MIMEDEPTH",
     30,
-    count,
+    bounded(1, MAX_MIMEDEPTH),
     "refuse messages whose MIME nesting is deeper than this (they cannot be checked)",
 )
 MIMEPARTS = Setting(
@@ -89,11 +92,13 @@ MIMEPARTS = Setting(
     count,
     "refuse messages with more MIME parts than this (they cannot be checked)",
 )
+MAX_ARCHIVEDEPTH = 10
+"""Archives in archives are read by nested generators, one per level: a ceiling, as above."""
 ARCHIVEDEPTH = Setting(
     "archivedepth",
     "QQF_ARCHIVEDEPTH",
     2,
-    byte_count,
+    bounded(0, MAX_ARCHIVEDEPTH),
     "zip archives looked into, nested up to this depth; 0 = do not open archives",
 )
 ARCHIVEMEMBERS = Setting(

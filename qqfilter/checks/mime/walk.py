@@ -184,7 +184,7 @@ class _Reader(Spool):
     __slots__ = ("base", "data", "origin")
 
     def __init__(self, origin: Spool) -> None:
-        super().__init__(origin.fd, origin.size)
+        super().__init__(origin.fd, origin.size, origin.received)
         self.origin = origin
         self.base = 0
         self.data = b""
@@ -634,7 +634,7 @@ class Walk:
         except BaseException:
             os.close(fd)
             raise
-        return Spool(fd, size)
+        return Spool(fd, size, size)
 
     def _counted(self) -> bool:
         """Count one more part: False past ``max_parts`` (noted in ``limits``)."""
