@@ -14,7 +14,7 @@ import os
 import time
 
 from qqfilter import envelope, exitcodes, handoff, logline, replypipe
-from qqfilter.checks.size import MAXSIZE
+from qqfilter.checks.size import spool_limit
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.message import Connection, Message
@@ -128,8 +128,7 @@ def _filter(
 ) -> Action:
     """Spool, then judge; the spool is closed unless it is what is handed on (a resident
     server lives on: every descriptor it keeps is a file it keeps on disk)."""
-    limit = settings[MAXSIZE]  # the size check's limit bounds what is kept on disk too
-    spool = Spool.receive(message_fd, settings[SPOOLDIR], keep=limit + 1 if limit else 0)
+    spool = Spool.receive(message_fd, settings[SPOOLDIR], keep=spool_limit(settings))
     action = None
     try:
         action = _judge(spool, connection, settings, fields, envelope_fd, reply_usable, gate)

@@ -7,10 +7,14 @@ import io
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from conftest import QQFILTER
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 SMTPD = (
     b"Received: (qmail 4242 invoked from network); 24 Nov 2026 10:00:01 -0000\n"
@@ -230,12 +234,216 @@ def test_a_progress_bar_on_a_terminal(tmp_path):
     assert shown.endswith("\rreplay [" + "#" * 30 + "] 30/30\r\n")
 
 
-def test_an_unreadable_entry_in_a_directory_does_not_stop_the_rest(tmp_path):
+def test_an_entry_left_out_in_a_directory_does_not_stop_the_rest(tmp_path):
     (tmp_path / "a.eml").write_bytes(CLEAN)
-    (tmp_path / "b.eml").symlink_to(tmp_path / "b.eml")  # a loop: opening it fails
+    (tmp_path / "b.eml").symlink_to(tmp_path / "b.eml")  # a loop: never followed
     (tmp_path / "c.eml").write_bytes(CLEAN)
     out = replay("--json", str(tmp_path))
     found, _ = records(out)
     assert [Path(r["source"]).name for r in found] == ["a.eml", "b.eml", "c.eml"]
-    assert [r["verdict"] for r in found] == ["accept", "unreadable", "accept"]
+    assert [r["verdict"] for r in found] == ["accept", "skipped", "accept"]
+    assert found[1]["reason"] == "a symbolic link: not followed"
     assert out.returncode == 1
+
+
+SECRET = b"root:$6$secret-hash:19000:0:99999:7:::\n"
+
+
+def test_links_in_a_maildir_or_queue_are_never_followed(tmp_path):
+    """As root, a link to /etc/shadow in a maildir or queue must not be read (here: a file
+    of its shape); nor a link standing in for a queue's envelope file or a maildir's new/."""
+    shadow = tmp_path / "shadow"
+    shadow.write_bytes(SECRET)
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "new" / "1.host").symlink_to(shadow)
+    (maildir / "cur" / "2.host:2,S").write_bytes(CLEAN)
+    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 2)
+    split = str(1_000_007 % 23)
+    (queue / "mess" / split / "1000007").unlink()
+    (queue / "mess" / split / "1000007").symlink_to(shadow)
+    sender = queue / "info" / str(1_000_000 % 23) / "1000000"
+    sender.unlink()
+    (tmp_path / "forged-info").write_bytes(b"Fforged@example.net\0")
+    sender.symlink_to(tmp_path / "forged-info")
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "3.host").symlink_to(shadow)
+    linked = tmp_path / "Linked"
+    for sub in ("cur", "tmp"):
+        (linked / sub).mkdir(parents=True)
+    (linked / "new").symlink_to(other)
+    out = replay("--json", str(maildir), str(queue), str(linked))
+    found, summary = records(out)
+    by_source = {r["source"]: r for r in found}
+    assert by_source[f"{maildir}/new/1.host"]["verdict"] == "skipped"
+    assert by_source[f"{maildir}/new/1.host"]["reason"] == "a symbolic link: not followed"
+    assert by_source[f"{maildir}/cur/2.host:2,S"]["verdict"] == "accept"
+    assert by_source[f"{queue}/mess/{split}/1000007"]["verdict"] == "skipped"
+    first = by_source[f"{queue}/mess/{1_000_000 % 23}/1000000"]
+    assert first["verdict"] == "accept"
+    assert first["derived"].startswith("envelope from headers")  # the linked info/ not read
+    # Linked/new is a link: Linked is no maildir, and nothing under it is read but files
+    assert [r["source"] for r in found if r["source"].startswith(str(linked))] == [f"{linked}/new"]
+    assert by_source[f"{linked}/new"]["reason"] == "a symbolic link: not followed"
+    assert summary["verdicts"] == {"accept": 2, "skipped": 3}
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_fifos_and_devices_are_skipped_never_waited_on(tmp_path):
+    """A FIFO (in a queue's mess/ or info/, a maildir, beside a message as its .env, or
+    named on the command line) and a device are not read: the run ends, and says why."""
+    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 3)
+    first, second = str(1_000_000 % 23), str(1_000_007 % 23)
+    os.unlink(queue / "mess" / first / "1000000")
+    os.mkfifo(queue / "mess" / first / "1000000")
+    os.unlink(queue / "info" / second / "1000007")
+    os.mkfifo(queue / "info" / second / "1000007")
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    os.mkfifo(maildir / "new" / "1.host")
+    files = tmp_path / "files"
+    files.mkdir()
+    (files / "m.eml").write_bytes(CLEAN)
+    os.mkfifo(files / "m.env")
+    os.mkfifo(tmp_path / "named-fifo")
+    out = replay(
+        "--json", str(queue), str(maildir), str(files), str(tmp_path / "named-fifo"), "/dev/zero"
+    )
+    found, _ = records(out)
+    why = {r["source"]: (r["verdict"], r["reason"]) for r in found}
+    fifo = ("skipped", "not a regular file (a FIFO)")
+    assert why[f"{queue}/mess/{first}/1000000"] == fifo
+    assert why[f"{queue}/mess/{second}/1000007"][0] == "accept"  # its envelope from headers
+    assert why[f"{maildir}/new/1.host"] == fifo
+    assert why[f"{files}/m.eml"][0] == "accept"
+    assert why[str(tmp_path / "named-fifo")] == fifo
+    assert why["/dev/zero"] == ("skipped", "not a regular file (a character device)")
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+
+
+def test_a_message_over_the_size_limit_is_skipped_unread(tmp_path):
+    """--max-size, else 64 MiB: nothing past it is read (a link to /dev/zero is never read
+    at all, above; a large file is skipped by its size). Past QQF_MAXSIZE a message is
+    replayed, and refused by the size check as the QMAILQUEUE program refuses it."""
+    (tmp_path / "big.eml").write_bytes(CLEAN + b"x" * 5000)
+    (tmp_path / "small.eml").write_bytes(CLEAN)
+    mbox = tmp_path / "box.mbox"
+    mbox.write_bytes(b"From a\n" + CLEAN + b"From b\n" + CLEAN + b"y" * 5000 + b"\n")
+    out = replay("--json", "--max-size", "1000", str(tmp_path))
+    found, summary = records(out)
+    why = {Path(r["source"]).name: (r["verdict"], r["reason"]) for r in found}
+    assert why["big.eml"] == (
+        "skipped",
+        f"{len(CLEAN) + 5000} bytes, over the limit of 1000 (--max-size)",
+    )
+    assert why["box.mbox:1"] == ("accept", "")
+    assert why["box.mbox:2"][0] == "skipped"
+    assert why["small.eml"] == ("accept", "")
+    assert summary["verdicts"] == {"accept": 2, "skipped": 2}
+    assert out.returncode == 1
+    out = replay("--json", str(tmp_path / "big.eml"), env={"QQF_MAXSIZE": "2000"})
+    (record,), _ = records(out)
+    assert (record["verdict"], record["check"], record["code"]) == ("reject", "size", 31)
+    assert record["reason"] == f"message is {len(CLEAN) + 5000} bytes, over the limit of 2000"
+    out = replay("--max-size", "0", str(tmp_path))
+    assert out.returncode == 2 and "must be 1 or more" in out.stderr
+
+
+def test_a_huge_mbox_is_streamed_in_bounded_memory(tmp_path):
+    """300,000 messages (the finding: 722 MB for a million): records are written as they
+    come and counted, never kept; most are over the limit (cheap), every 100th replayed."""
+    count = 300_000
+    small, large = b"From a\nhi\n", b"From b\n" + b"x" * 40 + b"\n"
+    mbox = tmp_path / "huge.mbox"
+    with open(mbox, "wb") as stream:
+        for _ in range(count // 100):
+            stream.write(small + large * 99)
+    out_file = tmp_path / "out"
+    peak = tmp_path / "peak"
+    with open(out_file, "wb") as stdout:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("peak_rss.py")),
+                QQFILTER,
+                "replay",
+                "--json",
+                "--max-size",
+                "20",
+                str(mbox),
+            ],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            env={
+                "PATH": "/usr/bin:/bin",
+                "QQF_CONFIG": "/dev/null",
+                "PEAK_RSS_FILE": str(peak),
+            },
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stderr
+    with open(out_file, "rb") as stream:
+        stream.seek(-4096, os.SEEK_END)
+        summary = json.loads(stream.read().splitlines()[-1])["summary"]
+    assert summary["verdicts"] == {"accept": count // 100, "skipped": count - count // 100}
+    assert int(peak.read_text()) < 64 * 1024, peak.read_text()
+
+
+def test_a_directory_tree_of_any_depth_is_walked_without_recursion(tmp_path):
+    """700 levels (a path of 1,400 bytes): Python's stack would end at about 500."""
+    deep = tmp_path.joinpath(*["d"] * 700)
+    deep.mkdir(parents=True)
+    (deep / "m.eml").write_bytes(CLEAN)
+    (tmp_path / "d" / "shallow.eml").write_bytes(CLEAN)
+    out = replay("--json", str(tmp_path / "d"))
+    assert "Traceback" not in out.stderr
+    found, _ = records(out)
+    assert [(Path(r["source"]).name, r["verdict"]) for r in found] == [
+        ("m.eml", "accept"),
+        ("shallow.eml", "accept"),
+    ]
+    assert out.returncode == 0
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    body=st.lists(st.sampled_from([b"From ", b"\n", b"x", b"From x\n", b"\r\n", b">From "])).map(
+        b"".join
+    ),
+    window=st.integers(1, 40),
+    from_line=st.integers(1, 12),
+)
+def test_the_mbox_split_is_one_message_a_from_line_in_any_window(body, window, from_line):
+    """However the file is read (window sizes), each ``From `` at a line start begins one
+    message, and the messages' bytes lie in order inside the file, none overlapping."""
+    import tempfile
+
+    from qqfilter.tools.replay import sources
+
+    data = b"From " + body
+    starts = [0] + [i + 1 for i in range(len(data)) if data.startswith(b"\nFrom ", i)]
+    reference = []
+    for start, end in zip(starts, [*starts[1:], len(data)], strict=True):
+        newline = data.find(b"\n", start, start + from_line)
+        offset = end if newline < 0 else min(newline + 1, end)
+        reference.append((offset, end - offset))
+    with tempfile.NamedTemporaryFile() as named:
+        named.write(data)
+        named.flush()
+        with (
+            mock.patch.object(sources, "FROM_LINE", from_line),
+            mock.patch.object(sources, "WINDOW", window),
+        ):
+            found = [(item.offset, item.length) for item in sources._mbox(Path(named.name), False)]
+    assert found == reference
+    assert len(found) == data.count(b"\nFrom ") + 1
+    end = 0
+    for offset, length in found:
+        assert end <= offset and length >= 0
+        end = offset + length
+    assert end == len(data)

@@ -1,15 +1,21 @@
 """``qqfilter stats`` on logs the filter itself wrote, stamped as multilog stamps them."""
 
 import gzip
+import io
 import json
 import struct
 import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 from clamav import TEXT_PART, attachment, mime
 from conftest import QQFILTER, envelope
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from qqfilter.tools.stats import Stats, logread
 from qqfilter.tools.stats.logread import TAI64_EPOCH, split_stamp
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
@@ -175,3 +181,205 @@ def test_a_missing_log_is_an_error_with_its_name(tmp_path):
     out = stats(str(tmp_path / "nope"))
     assert out.returncode == 1
     assert "nope" in out.stderr
+
+
+def test_only_qqfilters_own_lines_count_not_its_words_inside_others(tmp_path):
+    """A sender's address in qmail-send's line can say ``qqfilter: verdict=drop``, or be
+    JSON: neither is qqfilter's line (its tag is at the line's start, after the stamp)."""
+    log = tmp_path / "send"
+    log.write_text(
+        f"{tai64n(DAY1)} info msg 7: bytes 9 from <qqfilter: verdict=drop@x.example> qp 1 uid 8\n"
+        f'{tai64n(DAY1)} info msg 8: bytes 9 from <{{"verdict":"drop"}}@x.example> qp 2 uid 8\n'
+        f'{tai64n(DAY1)} tcpserver: 1 qqfilter: verdict=drop {{"verdict":"drop"}}\n'
+        f"{tai64n(DAY1)} qqfilter: pid=1 verdict=accept code=0\n"
+        f'{tai64n(DAY1)} {{"pid":2,"verdict":"reject","code":31,"check":"size"}}\n'
+        "qqfilter: pid=3 verdict=accept code=0\n"
+    )
+    data = json.loads(stats("--json", str(log)).stdout)
+    assert data["totals"] == {"accept": 2, "reject": 1}
+
+
+def test_a_compressed_log_cut_short_gives_the_lines_before_and_says_so(tmp_path):
+    """A rotation being gzip'ed as stats runs (or damaged): what is there is counted."""
+    lines = "".join(
+        f"{tai64n(DAY1 + i)} qqfilter: pid={i} verdict=accept code=0\n" for i in range(5000)
+    )
+    whole = gzip.compress(lines.encode())
+    half = tmp_path / "@half.s.gz"
+    half.write_bytes(whole[: len(whole) // 2])
+    damaged = tmp_path / "@damaged.s.gz"
+    damaged.write_bytes(whole[:100] + bytes(50) + whole[150:])
+    not_gzip = tmp_path / "@plain.s.gz"
+    not_gzip.write_text(lines)
+    both = tmp_path / "@two-members.s.gz"  # `cat a.gz b.gz`, and gzip's zero padding
+    both.write_bytes(whole + whole + bytes(512))
+    out = stats("--json", str(half), str(damaged), str(not_gzip), str(both))
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    data = json.loads(out.stdout)
+    assert 10_000 < data["totals"]["accept"] < 15_000
+    cut = out.stderr.splitlines()
+    assert cut[0] == (
+        f"qqfilter: {half}: cut short (compressed data ends early): counted the lines before"
+    )
+    assert cut[1].startswith(f"qqfilter: {damaged}: cut short (not gzip data, or damaged: ")
+    assert cut[2].startswith(f"qqfilter: {not_gzip}: cut short (not gzip data, or damaged: ")
+    assert len(cut) == 3
+    assert len(data["cut_short"]) == 3
+    text = stats(str(half))
+    assert text.returncode == 0 and "cut short" in text.stderr and "total: " in text.stdout
+
+
+def test_a_stamp_out_of_range_is_an_unreadable_line(tmp_path):
+    log = tmp_path / "current"
+    log.write_text(
+        "@ffffffffffffffff00000000 qqfilter: pid=1 verdict=accept\n"
+        "@000000000000000000000000 qqfilter: pid=2 verdict=accept\n"
+        f"{tai64n(DAY1)} qqfilter: pid=3 verdict=accept\n"
+        "@4000000069 +_12 qqfilter: pid=4 verdict=reject\n"  # no stamp: counted, no time
+    )
+    out = stats("--json", str(log))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["unreadable"] == {"time stamp out of range": 2}
+    assert data["totals"] == {"accept": 1}
+    text = stats("--by", "hour", str(log))
+    assert "unreadable lines: 2 (2 time stamp out of range)" in text.stdout
+    mrtg = stats("--mrtg", "mx", str(log))
+    assert mrtg.stdout.splitlines() == ["1", "0", "0:00", "mx"]
+    assert "unreadable lines: 2" in mrtg.stderr
+
+
+def test_json_nested_too_deep_is_an_unreadable_line(tmp_path):
+    log = tmp_path / "current"
+    log.write_text(
+        '{"verdict": ' + "[" * 50_000 + "\n" + '{"verdict": "accept", "pid": 1}\n'
+        '{"verdict": "reject", "notes": {"a": [1]}}\n'  # not qqfilter's: values are flat
+    )
+    out = stats("--json", str(log))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["unreadable"] == {"JSON nested too deep": 1}
+    assert data["totals"] == {"accept": 1, "reject": 1}
+
+
+def test_a_gzip_bomb_line_is_skipped_in_bounded_memory(tmp_path):
+    """One line of 256 MB from 256 KB of gzip (the finding: 1.5 GB from 2 MB): read in
+    chunks, skipped as it goes by; the lines around it are counted."""
+    line = f"{tai64n(DAY1)} qqfilter: pid=1 verdict=accept\n".encode()
+    member = gzip.compress(b"a" * (16 << 20))
+    bomb = tmp_path / "@bomb.s.gz"
+    bomb.write_bytes(gzip.compress(line) + member * 16 + gzip.compress(b"\n" + line))
+    peak = tmp_path / "peak"
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("peak_rss.py")),
+            QQFILTER,
+            "stats",
+            "--json",
+            str(bomb),
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PEAK_RSS_FILE": str(peak)},
+        timeout=60,
+    )
+    assert int(peak.read_text()) < 64 * 1024, peak.read_text()
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["totals"] == {"accept": 2}
+    assert data["unreadable"] == {"longer than 65536 bytes": 1}
+
+
+def test_a_bounce_number_reused_by_a_later_message_is_not_a_bounce(tmp_path):
+    """qmail's message numbers are inode numbers: after ``end msg``, the number is free."""
+    later = (
+        "new msg 101\ninfo msg 101: bytes 80 from <alice@example.com> qp 900 uid 81\n"
+        "starting delivery 9: msg 101 to remote friend@elsewhere.example\n"
+        "delivery 9: success: ok/\nend msg 101\n"
+    )
+    log = tmp_path / "send"
+    log.write_text(
+        "".join(
+            f"{tai64n(DAY1 + i)} {text}\n" for i, text in enumerate((SEND_LOG + later).splitlines())
+        )
+    )
+    data = json.loads(stats("--json", str(log)).stdout)
+    assert data["bounces"]["recipients"] == {"victim@innocent.example": 1}
+    assert data["bounces"]["results"] == {_day(DAY1): {"failure": 1}}
+
+
+# the reader of logs, on any bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 3000), max_size=6))
+def test_log_lines_are_read_alike_in_any_chunks_and_never_raise(data, cuts):
+    """Any bytes, cut into any chunks, give the same lines; counting them never raises."""
+    pieces, last = [], 0
+    for cut in sorted(set(cuts)):
+        pieces.append(data[last:cut])
+        last = cut
+    pieces.append(data[last:])
+    whole = [(line.time, line.text, line.why) for line in logread._lines(iter([data]))]
+    chunked = [(line.time, line.text, line.why) for line in logread._lines(iter(pieces))]
+    assert whole == chunked
+    assert len(whole) <= data.count(b"\n") + 1
+    counted = Stats("hour")
+    for line in logread._lines(iter(pieces)):
+        counted.feed(line)
+        counted.period(line.time)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    text=st.one_of(
+        st.text(max_size=200),
+        st.builds(
+            lambda stamp, rest: "@" + stamp + rest,
+            st.text("0123456789abcdefABCDEF +_-", min_size=24, max_size=24),
+            st.text(max_size=100),
+        ),
+        st.builds(lambda rest: "qqfilter: " + rest, st.text(max_size=200)),
+        st.builds(lambda rest: '{"verdict"' + rest, st.text(max_size=200)),
+    )
+)
+def test_a_line_is_read_or_said_unreadable_never_an_exception(text):
+    line = split_stamp(text)
+    assert line.time is None or 0 <= line.time < logread.LATEST
+    counted = Stats("day")
+    counted.feed(line)
+    counted.table()
+
+
+@settings(max_examples=200, deadline=None)
+@given(lines=st.lists(st.text(max_size=80), max_size=40), keep=st.floats(0, 1))
+def test_gzip_cut_anywhere_gives_a_prefix_of_the_lines(lines, keep, tmp_path_factory):
+    raw = "".join(line.replace("\n", " ") + "\n" for line in lines).encode()
+    whole = gzip.compress(raw)
+    cut = whole[: int(len(whole) * keep)]
+    notes: list[str] = []
+    got = list(logread._lines(logread._gunzip(io.BytesIO(cut), "x.gz", notes)))
+    expected = list(logread._lines(iter([raw])))
+    assert [g.text for g in got] == [e.text for e in expected[: len(got)]]
+    assert bool(notes) == (0 < len(cut) < len(whole))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    sizes=st.lists(
+        st.sampled_from([0, 1, 70, logread.CHUNK - 1, logread.CHUNK, logread.CHUNK + 1]),
+        min_size=1,
+        max_size=4,
+    ),
+    padding=st.integers(0, 3),
+)
+def test_gzip_members_one_after_another_read_as_their_concatenation(sizes, padding):
+    """What ``cat a.gz b.gz`` makes, members of any size (around the chunk size too)."""
+    parts = [(b"x" * 69 + b"\n") * (size // 70) + b"y" * (size % 70) for size in sizes]
+    data = b"".join(gzip.compress(part) for part in parts) + bytes(padding)
+    notes: list[str] = []
+    got = b"".join(c for c in logread._gunzip(io.BytesIO(data), "x.gz", notes) if c)
+    assert got == b"".join(parts)
+    assert notes == []

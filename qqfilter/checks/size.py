@@ -23,6 +23,14 @@ SETTINGS = (MAXSIZE,)
 PRELOAD = ()
 
 
+def spool_limit(settings: Settings) -> int:
+    """How much of a message the spool keeps (0 = all): one byte past the limit proves a
+    message over it, and the rest need not fill the spool's disk (the QMAILQUEUE program and
+    the dry run both receive with it)."""
+    limit = settings[MAXSIZE]
+    return limit + 1 if limit else 0
+
+
 def check(message: Message, settings: Settings) -> Finding | None:
     """Refuse when the message is over ``maxsize`` bytes (0 = no limit)."""
     limit = settings[MAXSIZE]

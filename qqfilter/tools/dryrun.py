@@ -10,6 +10,7 @@ import os
 import sys
 
 from qqfilter import envelope, exitcodes
+from qqfilter.checks.size import spool_limit
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
 from qqfilter.message import Connection, Message
@@ -43,7 +44,7 @@ def run(message_fd: int, raw_envelope: bytes, connection: Connection, settings: 
     A refusal is told as the real run would tell it with the custom-reply pipe there whenever
     QQF_ERRFD is set: no pipe is open here to look at, so it is taken to be usable."""
     try:
-        spool = Spool.receive(message_fd, settings[SPOOLDIR])
+        spool = Spool.receive(message_fd, settings[SPOOLDIR], keep=spool_limit(settings))
     except QueueError as exc:
         return DryRun(None, exc.code, exitcodes.reply_for(exc.code), error=exc.reason)
     try:

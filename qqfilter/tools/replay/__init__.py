@@ -3,6 +3,9 @@
 Each message goes through exactly the dry run ``qqfilter test`` uses (same spool, checks,
 policy and exit codes, nothing queued, no source changed), in worker processes when asked.
 Results come back in source order, so two runs over the same sources compare line by line.
+Sources are read as they are found and each result is written as it comes, with counters for
+the summary: a million messages cost what one does. Only regular files are read, links only
+when named on the command line, and no message past ``--max-size``: what is left out is said.
 
 Like every tool (qqfilter.tools), the package holds its sub-parser, handler and writers (text,
 JSON lines, CSV); finding and reading the sources is a module of its own (``sources``).
@@ -11,15 +14,20 @@ JSON lines, CSV); finding and reading the sources is a module of its own (``sour
 import argparse
 import os
 import sys
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 
 from qqfilter.message import Connection
-from qqfilter.settings import Settings
+from qqfilter.settings import Settings, count
 from qqfilter.tools import dryrun
 from qqfilter.tools.replay import sources
 
 FIELDS = ("source", "verdict", "code", "check", "tag", "reason", "notes", "derived")
+MAX_SIZE = 64 << 20
+"""The largest message replayed when --max-size does not say. (A message over QQF_MAXSIZE
+is replayed, and refused by the size check as the QMAILQUEUE program refuses it, having read
+only the limit + 1 bytes of it.)"""
+NOT_REPLAYED = ("unreadable", "skipped")
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -35,35 +43,50 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
     parser.add_argument("sources", nargs="+", metavar="SOURCE")
     dryrun.add_client_options(parser, every=" for all")
     parser.add_argument("--jobs", type=int, default=1, metavar="N", help="worker processes")
+    parser.add_argument(
+        "--max-size",
+        type=_byte_count,
+        metavar="BYTES",
+        help=f"skip larger messages unread (default: {MAX_SIZE})",
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines, then a summary line")
     output.add_argument("--csv", action="store_true", help="CSV rows, then the summary rows")
     parser.set_defaults(run=_replay)
 
 
+def _byte_count(value: str) -> int:
+    try:
+        return count(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _replay(options: argparse.Namespace) -> int:
-    """Replay the sources; exit 1 if a source could not be read (the run goes on), 0 else."""
+    """Replay the sources; exit 1 if a message was not replayed (unreadable or skipped: the
+    run goes on), 0 else."""
     settings = dryrun.settings_or_say()
     if settings is None:
         return 1
+    limit = options.max_size or MAX_SIZE
     how = Options(
         sender=options.sender,
         recipients=options.recipients,
         ip=options.ip,
         helo=options.helo,
         relayclient=options.relayclient,
+        limit=limit,
     )
-    found = list(sources.items(options.sources))
-    progress = Progress(len(found))
-    records = []
+    progress = Progress(options.sources)
+    counts = Summary()
     writer = _record_writer(options)
-    for record in replay(found, how, settings, max(1, options.jobs)):
-        records.append(record)
+    for record in replay(sources.items(options.sources), how, settings, max(1, options.jobs)):
+        counts.add(record)
         writer(record)
         progress.step()
     progress.end()
-    _write_summary(options, summary(records))
-    return 1 if any(r["verdict"] == "unreadable" for r in records) else 0
+    _write_summary(options, counts.tables())
+    return 1 if any(counts.verdicts[v] for v in NOT_REPLAYED) else 0
 
 
 def _record_writer(options: argparse.Namespace):
@@ -112,7 +135,7 @@ def _write_summary(options: argparse.Namespace, counts: dict[str, dict[str, int]
 class Options:
     """What the command line says about messages that do not say it themselves."""
 
-    __slots__ = ("helo", "ip", "recipients", "relayclient", "sender")
+    __slots__ = ("helo", "ip", "limit", "recipients", "relayclient", "sender")
 
     def __init__(
         self,
@@ -121,12 +144,14 @@ class Options:
         ip: str | None = None,
         helo: str | None = None,
         relayclient: bool = False,
+        limit: int = MAX_SIZE,
     ) -> None:
         self.sender = sender
         self.recipients = list(recipients)
         self.ip = ip
         self.helo = helo
         self.relayclient = relayclient
+        self.limit = limit
 
 
 def replay_one(item: sources.Item, options: Options, settings: Settings) -> dict[str, object]:
@@ -135,8 +160,14 @@ def replay_one(item: sources.Item, options: Options, settings: Settings) -> dict
     record["source"] = item.label
     if item.why:
         return _unreadable(record, item.why)
+    if item.skip:
+        record.update(verdict="skipped", reason=item.skip)
+        return record
     try:
-        fd = sources.open_message(item)
+        fd = sources.open_message(item, options.limit)
+    except sources.Skipped as exc:
+        record.update(verdict="skipped", reason=str(exc))
+        return record
     except OSError as exc:
         return _unreadable(record, exc.strerror or str(exc))
     try:
@@ -183,16 +214,17 @@ def _start_worker(options: Options, settings: Settings) -> None:
     _WORKER = (options, settings)
 
 
-def _work(item: sources.Item) -> dict[str, object]:
+def _work(batch: list[sources.Item]) -> list[dict[str, object]]:
     assert _WORKER is not None
-    return replay_one(item, *_WORKER)
+    return [replay_one(item, *_WORKER) for item in batch]
 
 
 def replay(
-    found: list[sources.Item], options: Options, settings: Settings, jobs: int = 1
+    found: Iterable[sources.Item], options: Options, settings: Settings, jobs: int = 1
 ) -> Iterator[dict[str, object]]:
-    """The records of ``found``, in order; ``jobs`` worker processes when more than one."""
-    if jobs <= 1 or len(found) < 2:
+    """The records of ``found``, in order; ``jobs`` worker processes when more than one.
+    ``found`` is read as the records are taken: a few batches per worker ahead, no more."""
+    if jobs <= 1:
         for item in found:
             yield replay_one(item, options, settings)
         return
@@ -200,27 +232,71 @@ def replay(
 
     context = multiprocessing.get_context("fork")
     with context.Pool(jobs, initializer=_start_worker, initargs=(options, settings)) as pool:
-        yield from pool.imap(_work, found, chunksize=8)
+        pending: deque = deque()
+        batch: list[sources.Item] = []
+        for item in found:
+            batch.append(item)
+            if len(batch) == BATCH:
+                pending.append(pool.apply_async(_work, (batch,)))
+                batch = []
+                if len(pending) >= 4 * jobs:
+                    yield from pending.popleft().get()
+        if batch:
+            pending.append(pool.apply_async(_work, (batch,)))
+        while pending:
+            yield from pending.popleft().get()
 
 
-def summary(records: list[dict[str, object]]) -> dict[str, dict[str, int]]:
+BATCH = 8
+"""Messages a worker takes at a time."""
+
+
+class Summary:
     """Counts per verdict, per tag, and per way the envelope or client was derived."""
-    verdicts = Counter(str(r["verdict"]) for r in records)
-    tags = Counter(str(r["tag"]) for r in records if r["tag"])
-    derived = Counter(part for r in records for part in str(r["derived"]).split("; ") if part)
-    return {"verdicts": dict(verdicts), "tags": dict(tags), "derived": dict(derived)}
+
+    def __init__(self) -> None:
+        self.verdicts: Counter[str] = Counter()
+        self.tags: Counter[str] = Counter()
+        self.derived: Counter[str] = Counter()
+
+    def add(self, record: dict[str, object]) -> None:
+        self.verdicts[str(record["verdict"])] += 1
+        if record["tag"]:
+            self.tags[str(record["tag"])] += 1
+        self.derived.update(part for part in str(record["derived"]).split("; ") if part)
+
+    def tables(self) -> dict[str, dict[str, int]]:
+        return {
+            "verdicts": dict(self.verdicts),
+            "tags": dict(self.tags),
+            "derived": dict(self.derived),
+        }
+
+
+def summary(records: Iterable[dict[str, object]]) -> dict[str, dict[str, int]]:
+    """Counts per verdict, per tag, and per way the envelope or client was derived."""
+    counts = Summary()
+    for record in records:
+        counts.add(record)
+    return counts.tables()
 
 
 class Progress:
-    """A bar with ``N/M`` on a terminal's stderr, redrawn in place; nothing when piped."""
+    """A bar with ``N/M`` on a terminal's stderr, redrawn in place; nothing when piped. The
+    total is counted in a pass over the sources of its own (only on a terminal), so the
+    replay itself never holds the list."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, named: list[str]) -> None:
         self.done = 0
-        self.shown = sys.stderr.isatty() and total > 1
+        self.total = 0
+        self.shown = sys.stderr.isatty()
+        if self.shown:
+            self.total = sum(1 for _ in sources.items(named))
+            self.shown = self.total > 1
 
     def step(self) -> None:
         self.done += 1
+        self.total = max(self.total, self.done)  # sources may grow while replayed
         if self.shown and (self.done % 25 == 0 or self.done == self.total):
             filled = 30 * self.done // self.total
             bar = "#" * filled + "." * (30 - filled)

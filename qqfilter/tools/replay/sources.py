@@ -10,12 +10,21 @@ Where a source has no envelope or client address, they are derived from the mess
 headers (Return-Path, Delivered-To or To/Cc; qmail-smtpd's Received line, read as
 qqfilter.shared.received reads it), and the Facts say which.
 
+Sources may be laid out by someone else (a queue replayed as root): only regular files are
+read, opened with O_NOFOLLOW and O_NONBLOCK and checked with fstat, so a link met inside a
+source is never followed (a link the user named is), a FIFO or device never blocks or streams,
+and no message past the caller's limit is read; each is a Skipped item with its reason. A
+message is copied (by the kernel) as it is when opened, never more. Sources are listed as
+they are walked and an mbox is split as it is scanned: nothing grows with their number.
+
 A module of its own under ``replay``: finding and reading sources is most of the code, and
 none of it runs the filter.
 """
 
+import errno
 import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +34,32 @@ from qqfilter.shared.received import LINE, client
 
 HEAD = 65536
 WINDOW = 1 << 20
+ENVELOPE_MAX = 16 << 20
+"""Largest envelope file read (``X.env``, a queue's ``info/``, ``local/``, ``remote/``)."""
+
 _ADDRESS = re.compile(rb"<([^<>\s]*)>|([^\s,<>\"()]+@[^\s,<>\"()]+)")
+_KINDS = (
+    (stat.S_ISLNK, "a symbolic link: not followed"),
+    (stat.S_ISFIFO, "not a regular file (a FIFO)"),
+    (stat.S_ISCHR, "not a regular file (a character device)"),
+    (stat.S_ISBLK, "not a regular file (a block device)"),
+    (stat.S_ISSOCK, "not a regular file (a socket)"),
+    (stat.S_ISDIR, "not a regular file (a directory)"),
+)
+
+
+class Skipped(Exception):
+    """A message not replayed on purpose (a link, not a regular file, too large); why."""
 
 
 class Item:
     """One message to replay. ``path`` (and for mbox, ``offset``/``length``) say where its
-    bytes are; ``envelope`` is qmail's raw envelope or None (to be derived), ``origin`` says
-    where it came from; ``why`` is set when the source cannot be read at all."""
+    bytes are; ``follow`` is set only for a path named on the command line (any other link
+    is never followed); ``envelope`` is qmail's raw envelope or None (to be derived),
+    ``origin`` says where it came from; ``why`` is set when the source cannot be read at all,
+    ``skip`` when it is left out on purpose."""
 
-    __slots__ = ("envelope", "label", "length", "offset", "origin", "path", "why")
+    __slots__ = ("envelope", "follow", "label", "length", "offset", "origin", "path", "skip", "why")
 
     def __init__(
         self,
@@ -45,6 +71,8 @@ class Item:
         envelope: bytes | None = None,
         origin: str = "",
         why: str = "",
+        skip: str = "",
+        follow: bool = False,
     ) -> None:
         self.label = label
         self.path = path
@@ -53,6 +81,8 @@ class Item:
         self.envelope = envelope
         self.origin = origin
         self.why = why
+        self.skip = skip
+        self.follow = follow
 
 
 class Facts:
@@ -69,111 +99,241 @@ class Facts:
 
 
 def items(sources: list[str]) -> Iterator[Item]:
-    """Every message in ``sources``, in a stable order (so two runs compare line by line)."""
+    """Every message in ``sources``, in a stable order (so two runs compare line by line),
+    one at a time: nothing is listed ahead but one directory's names per level."""
     for source in sources:
-        yield from _entry(Path(source), source, "no such file or directory")
+        yield from _walk(Path(source), source)
 
 
-def _entry(path: Path, label: str, missing: str) -> Iterator[Item]:
+def kind(mode: int) -> str:
+    """Why a file of ``mode`` is not read as a message ("" for a regular file)."""
+    for test, words in _KINDS:
+        if test(mode):
+            return words
+    return "" if stat.S_ISREG(mode) else "not a regular file"
+
+
+Found = Item | tuple[str, "Iterator[Found]"]
+"""What walking a source gives: a message, or (a label, the walk of a directory's entry)."""
+
+
+def _walk(path: Path, label: str) -> Iterator[Item]:
+    """The messages at ``path``, a named source, depth first with a list for a stack (a tree
+    of any depth costs a list, not Python's stack). Where an entry cannot be read, the system
+    says why and the walk goes on."""
+    stack: list[tuple[str, Iterator[Found]]] = [(label, _entry(path, label, top=True))]
+    while stack:
+        where, walking = stack[-1]
+        try:
+            found = next(walking)
+        except StopIteration:
+            stack.pop()
+            continue
+        except FileNotFoundError:
+            stack.pop()
+            yield _unreadable(where, "no such file or directory")
+            continue
+        except OSError as exc:
+            stack.pop()
+            yield _unreadable(where, describe(exc))
+            continue
+        if isinstance(found, Item):
+            yield found
+        else:
+            stack.append(found)
+
+
+def _entry(path: Path, label: str, *, top: bool = False) -> Iterator[Found]:
     """The messages at ``path``: a directory's (a queue, a maildir, or anything else read
-    through), an mbox file's, or the file itself; one that cannot be read is reported as
-    ``missing`` or as the system's error, and the caller goes on."""
-    try:
-        if path.is_dir():
-            yield from _directory(path)
-        elif path.is_file() and _is_mbox(path):
-            yield from _mbox(path)
-        elif path.is_file():
-            yield _file(path)
-        else:  # gone, a dangling or looping link, a socket: said, not skipped
-            yield _unreadable(label, missing)
-    except OSError as exc:
-        yield _unreadable(label, describe(exc))
+    through), an mbox file's, or the file itself. A link is followed only when the user
+    named it (``top``); one met in a directory, and anything not a regular file, is skipped
+    with the reason. Raises OSError when ``path`` cannot be read."""
+    mode = (os.stat if top else os.lstat)(path).st_mode
+    if stat.S_ISDIR(mode):
+        yield from _directory(path)
+    elif not stat.S_ISREG(mode):
+        yield Item(label, label, skip=kind(mode))
+    elif _is_mbox(path, top):
+        yield from _mbox(path, top)
+    else:
+        yield _file(path, top)
 
 
 def _unreadable(label: str, why: str) -> Item:
     return Item(label, label, why=why)
 
 
-def _directory(path: Path) -> Iterator[Item]:
-    if (path / "mess").is_dir() and (path / "info").is_dir():
+def _is_dir(path: Path) -> bool:
+    """A directory itself, not a link to one."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _names(path: Path) -> list[str]:
+    with os.scandir(path) as entries:
+        return sorted(entry.name for entry in entries)
+
+
+def _directory(path: Path) -> Iterator[Found]:
+    if _is_dir(path / "mess") and _is_dir(path / "info"):
         yield from _queue(path)
-    elif (path / "cur").is_dir() and (path / "new").is_dir():
-        for sub in ("new", "cur"):
-            for entry in sorted((path / sub).iterdir()):
-                if entry.is_file():
-                    yield Item(str(entry), str(entry))
+        return
+    if _is_dir(path / "cur") and _is_dir(path / "new"):
+        inside = [path / sub / name for sub in ("new", "cur") for name in _names(path / sub)]
     else:
-        for entry in sorted(path.iterdir()):
-            if entry.suffix == ".env" or entry.name.startswith("."):
-                continue
-            yield from _entry(entry, str(entry), "not a file or a directory")
+        names = _names(path)
+        inside = [path / n for n in names if not (n.endswith(".env") or n.startswith("."))]
+    for entry in inside:
+        yield (str(entry), _entry(entry, str(entry)))
 
 
-def _file(path: Path) -> Item:
+def _file(path: Path, follow: bool) -> Item:
     for beside in (Path(f"{path}.env"), path.with_suffix(".env")):
-        if beside != path and beside.is_file():
+        if beside == path:
+            continue
+        data = read_small(beside)
+        if data is not None:
             return Item(
                 str(path),
                 str(path),
-                envelope=beside.read_bytes(),
+                envelope=data,
                 origin=f"envelope from {beside.name}",
+                follow=follow,
             )
-    return Item(str(path), str(path))
+    return Item(str(path), str(path), follow=follow)
 
 
-def _is_mbox(path: Path) -> bool:
-    with open(path, "rb") as stream:
-        return stream.read(5) == b"From "
+def read_small(path: Path, limit: int = ENVELOPE_MAX) -> bytes | None:
+    """The bytes of ``path`` when it is a regular file (not a link) of at most ``limit``
+    bytes; None for anything else, or when it cannot be read. Never blocks on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode) or status.st_size > limit:
+            return None
+        data = b""
+        while len(data) < status.st_size:
+            more = os.pread(fd, status.st_size - len(data), len(data))
+            if not more:
+                break
+            data += more
+        return data
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _mbox(path: Path) -> Iterator[Item]:
+def _open_regular(path: str, follow: bool) -> tuple[int, int]:
+    """A descriptor on ``path`` and its size, when it is a regular file; a link is followed
+    only when ``follow``. Raises Skipped (with the reason) or OSError."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise Skipped(kind(stat.S_IFLNK)) from None
+        raise
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode):
+        os.close(fd)
+        raise Skipped(kind(status.st_mode))
+    return fd, status.st_size
+
+
+def _is_mbox(path: Path, follow: bool) -> bool:
+    try:
+        fd, _size = _open_regular(str(path), follow)
+    except Skipped:
+        return False
+    try:
+        return os.pread(fd, 5, 0) == b"From "
+    finally:
+        os.close(fd)
+
+
+def _mbox(path: Path, follow: bool) -> Iterator[Item]:
     """The messages of an mbox file: from each ``From `` line at a line start to the next,
-    the ``From `` line itself left out."""
-    size = path.stat().st_size
-    with open(path, "rb") as stream:
-        fd = stream.fileno()
-        starts = [0]
+    the ``From `` line itself (up to its first 4096 bytes) left out. Yielded as they are
+    found: one message's start is held, whatever the number of messages."""
+    fd, size = _open_regular(str(path), follow)
+    try:
+        number = 0
+        body: int | None = None  # where the current message's body starts
         position = 0
         while position < size:
-            window = os.pread(fd, WINDOW + 5, position)
+            # a From line's end is looked for past the window's end too, not found twice
+            window = os.pread(fd, WINDOW + max(FROM_LINE, 5), position)
+            if not window:
+                break
+            if position == 0:
+                body = _body_start(fd, window, 0, 0)
             found = window.find(b"\nFrom ")
-            while found >= 0:
-                starts.append(position + found + 1)
+            while 0 <= found < WINDOW:
+                start = position + found + 1
+                number += 1
+                yield _mbox_item(path, number, body, start, follow)
+                body = _body_start(fd, window, found + 1, start)
                 found = window.find(b"\nFrom ", found + 1)
             position += WINDOW
-        for number, start in enumerate(starts, 1):
-            end = starts[number] if number < len(starts) else size
-            line_end = _line_end(fd, start, end)
-            yield Item(f"{path}:{number}", str(path), offset=line_end, length=end - line_end)
+        yield _mbox_item(path, number + 1, body, size, follow)
+    finally:
+        os.close(fd)
 
 
-def _line_end(fd: int, start: int, end: int) -> int:
-    head = os.pread(fd, min(4096, end - start), start)
-    newline = head.find(b"\n")
-    return start + newline + 1 if newline >= 0 else end
+FROM_LINE = 4096
+"""The most of a ``From `` line looked at for its end; a longer one ends its message."""
+
+
+def _body_start(fd: int, window: bytes, index: int, start: int) -> int | None:
+    """Where the line at ``window[index]`` (file offset ``start``) ends; None: not within
+    FROM_LINE bytes."""
+    newline = window.find(b"\n", index, index + FROM_LINE)
+    if newline >= 0:
+        return start + newline - index + 1
+    if index + FROM_LINE <= len(window):
+        return None
+    newline = os.pread(fd, FROM_LINE, start).find(b"\n")
+    return start + newline + 1 if newline >= 0 else None
+
+
+def _mbox_item(path: Path, number: int, body: int | None, end: int, follow: bool) -> Item:
+    offset = end if body is None else min(body, end)
+    return Item(f"{path}:{number}", str(path), offset=offset, length=end - offset, follow=follow)
 
 
 def _queue(path: Path) -> Iterator[Item]:
     mess = path / "mess"
-    for split in sorted(mess.iterdir(), key=lambda p: (len(p.name), p.name)):
-        if not split.is_dir():
+    for split in sorted(_names(mess), key=lambda name: (len(name), name)):
+        if not _is_dir(mess / split):
             continue
-        for entry in sorted(split.iterdir(), key=lambda p: (len(p.name), p.name)):
-            label = f"{path}/mess/{split.name}/{entry.name}"
-            relative = Path(split.name) / entry.name
+        # the envelope's parts, where their directory is one (not a link to another)
+        parts = [path / sort / split for sort in ("info", "local", "remote")]
+        info_dir, *recipient_dirs = [part if _is_dir(part) else None for part in parts]
+        for name in sorted(_names(mess / split), key=lambda name: (len(name), name)):
+            label = f"{path}/mess/{split}/{name}"
+            entry = mess / split / name
             try:
-                info = (path / "info" / relative).read_bytes()
-            except OSError:
-                info = b""
+                mode = os.lstat(entry).st_mode
+            except OSError as exc:
+                yield _unreadable(label, describe(exc))
+                continue
+            if not stat.S_ISREG(mode):
+                yield Item(label, str(entry), skip=kind(mode))
+                continue
+            info = (read_small(info_dir / name) if info_dir else None) or b""
             recipients = []
-            for kind in ("local", "remote"):
-                try:
-                    records = (path / kind / relative).read_bytes().split(b"\0")
-                except OSError:
+            for directory in recipient_dirs:
+                records = read_small(directory / name) if directory else None
+                if records is None:
                     continue
                 # qmail-send turns T into D once a recipient is done: both were recipients
-                recipients += [r[1:] for r in records if r[:1] in (b"T", b"D")]
+                recipients += [r[1:] for r in records.split(b"\0") if r[:1] in (b"T", b"D")]
             if info.startswith(b"F") and recipients:
                 yield Item(
                     label,
@@ -185,21 +345,30 @@ def _queue(path: Path) -> Iterator[Item]:
                 yield Item(label, str(entry))
 
 
-def open_message(item: Item) -> int:
-    """A descriptor at offset 0 holding just the message of ``item`` (the file itself, or
-    for an mbox message a copy of its range made by the kernel): never the whole in memory."""
-    fd = os.open(item.path, os.O_RDONLY | os.O_CLOEXEC)
-    if item.length < 0:
-        return fd
+def open_message(item: Item, limit: int) -> int:
+    """A descriptor at offset 0 holding just the message of ``item``: a copy, made by the
+    kernel, of the file's bytes as they are when opened (or of an mbox message's range),
+    never the whole in memory. Only a regular file is read, a link only when the user named
+    it, never more than ``limit`` bytes: anything else raises Skipped with the reason."""
+    if item.length > limit:  # an mbox message: its length is known without opening
+        raise Skipped(f"{item.length} bytes, over the limit of {limit} (--max-size)")
+    fd, size = _open_regular(item.path, item.follow)
     try:
+        length = size if item.length < 0 else item.length
+        if length > limit:
+            raise Skipped(f"{length} bytes, over the limit of {limit} (--max-size)")
         copy = os.memfd_create("replay", os.MFD_CLOEXEC)
-        offset, left = item.offset, item.length
-        while left > 0:
-            sent = os.sendfile(copy, fd, offset, left)
-            if not sent:
-                break
-            offset, left = offset + sent, left - sent
-        os.lseek(copy, 0, os.SEEK_SET)
+        try:
+            offset, left = item.offset, length
+            while left > 0:
+                sent = os.sendfile(copy, fd, offset, left)
+                if not sent:
+                    break
+                offset, left = offset + sent, left - sent
+            os.lseek(copy, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(copy)
+            raise
         return copy
     finally:
         os.close(fd)

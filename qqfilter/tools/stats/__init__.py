@@ -2,7 +2,10 @@
 
 Counts per verdict and tag per hour or day; MRTG's four lines (as qmail-mrtg prints them);
 a PNG of accepted and refused mail over time (matplotlib, the ``plot`` extra), with the
-plotted numbers also stored in the PNG as a text chunk so they can be read back.
+plotted numbers also stored in the PNG as a text chunk so they can be read back. Lines that
+cannot be read are counted and said, a compressed log cut short is counted as far as it goes:
+whatever a log holds, the counts come out (exit 0), and only a log that cannot be opened or
+read is an error (exit 1).
 
 Like every tool (qqfilter.tools), the package holds its sub-parser, handler and writers;
 reading logs back (``logread``) and following qmail-send's bounces (``sendlog``) are modules
@@ -35,14 +38,19 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 
 def _stats(options: argparse.Namespace) -> int:
-    """Read the logs; print the counts (or MRTG's lines); draw them if asked."""
+    """Read the logs; print the counts (or MRTG's lines); draw them if asked. Exit 1 when a
+    log cannot be opened or read; 0 else, also when lines were unreadable or a compressed log
+    was cut short (both said: a rotation being compressed is read as far as it goes)."""
     counted = Stats(options.by)
+    logs = logread.Logs(options.logs)
     try:
-        for line in logread.lines(options.logs):
+        for line in logs:
             counted.feed(line)
     except OSError as exc:
         print(f"qqfilter: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    for note in logs.cut:
+        print(f"qqfilter: {note}: counted the lines before", file=sys.stderr)
     if options.plot:
         try:
             plot(counted, options.plot)
@@ -53,6 +61,8 @@ def _stats(options: argparse.Namespace) -> int:
             return 1
     if options.mrtg:
         print("\n".join(counted.mrtg(options.mrtg)))
+        if counted.unreadable:
+            print(f"qqfilter: {counted.said_unreadable()}", file=sys.stderr)
     elif options.json:
         bounces = counted.bounces
         print(
@@ -63,6 +73,8 @@ def _stats(options: argparse.Namespace) -> int:
                         for row in counted.table()
                     ],
                     "totals": dict(counted.totals()),
+                    "unreadable": dict(counted.unreadable),
+                    "cut_short": logs.cut,
                     "bounces": {
                         "generated": dict(bounces.generated),
                         "results": {p: dict(c) for p, c in bounces.results.items()},
@@ -86,6 +98,8 @@ def _print_stats(counted: "Stats") -> None:
         f"\ntotal: {sum(totals.values())}  "
         + "  ".join(f"{v}: {n}" for v, n in sorted(totals.items()))
     )
+    if counted.unreadable:
+        print(counted.said_unreadable())
     bounces = counted.bounces
     if not bounces.seen:
         return
@@ -111,6 +125,7 @@ class Stats:
         self.first: float | None = None
         self.last: float | None = None
         self.bounces = sendlog.Bounces()
+        self.unreadable: Counter[str] = Counter()
 
     def period(self, when: float | None) -> str:
         if when is None:
@@ -119,8 +134,16 @@ class Stats:
         return time.strftime(pattern, time.gmtime(when))
 
     def feed(self, line: logread.Line) -> None:
+        """Count one line; one that cannot be read is counted under why (never raises)."""
+        if line.why:
+            self.unreadable[line.why] += 1
+            return
         period = self.period(line.time)
-        fields = logread.qqfilter_fields(line.text)
+        try:
+            fields = logread.qqfilter_fields(line.text)
+        except logread.Unreadable as exc:
+            self.unreadable[str(exc)] += 1
+            return
         if fields is None:
             self.bounces.feed(line.text, period)
             return
@@ -130,6 +153,11 @@ class Stats:
         verdict = fields.get("verdict", "")
         tag = fields.get("tag") or fields.get("check") or ""
         self.counts[period][(verdict, tag)] += 1
+
+    def said_unreadable(self) -> str:
+        """The unreadable lines in words: how many, and why."""
+        reasons = ", ".join(f"{n} {why}" for why, n in sorted(self.unreadable.items()))
+        return f"unreadable lines: {sum(self.unreadable.values())} ({reasons})"
 
     def totals(self) -> Counter[str]:
         """Messages per verdict, over all periods."""

@@ -3,8 +3,9 @@
 qmail-send logs ``bounce msg M qp Q`` when it bounces message M; the bounce itself is then
 queued with that qp, and appears as ``info msg B: bytes N from <> qp Q uid U``. Deliveries of
 B (``starting delivery D: msg B to remote R``, then ``delivery D: success|failure|deferral``)
-are the backscatter this server sends. Counting them per day, before and after a check is
-switched on, shows what the check saves.
+are the backscatter this server sends, until ``end msg B`` (qmail reuses message numbers: they
+are inode numbers). Counting them per day, before and after a check is switched on, shows
+what the check saves.
 
 A module of its own under ``stats``: another program's log, followed across lines (a bounce's
 qp, then its message number, then its deliveries), which qqfilter's own lines never need.
@@ -17,6 +18,7 @@ _BOUNCE = re.compile(r"^bounce msg (\d+) qp (\d+)")
 _INFO = re.compile(r"^info msg (\d+): bytes \d+ from <([^>]*)> qp (\d+)")
 _START = re.compile(r"^starting delivery (\d+): msg (\d+) to (?:remote|local) (\S+)")
 _RESULT = re.compile(r"^delivery (\d+): (success|failure|deferral)")
+_END = re.compile(r"^end msg (\d+)")
 
 
 class Bounces:
@@ -54,3 +56,6 @@ class Bounces:
             delivery, result = match.groups()
             if self._deliveries.pop(delivery, None) is not None:
                 self.results[period][result] += 1
+        elif match := _END.match(text):
+            # message numbers are inode numbers: the next message to get this one is not a bounce
+            self._bounce_msgs.discard(match.group(1))
