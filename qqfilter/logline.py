@@ -21,6 +21,7 @@ FIELDS = (
     "rcpts",
     "size",
     "ms",
+    "ignored",
 )
 """Every key a line can carry, in the order text lines show them; empty ones are left out."""
 

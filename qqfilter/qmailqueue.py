@@ -81,18 +81,24 @@ def decide(
     reply_usable: Callable[[int], bool],
     pid: int = 0,
     gate: AbstractContextManager[None] | None = None,
+    ignored: tuple[str, ...] = (),
 ) -> Decision:
     """The Decision for the message on descriptor ``message_fd`` and the envelope on
     ``envelope_fd``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid``
-    is the process the log line names (the one qmail-smtpd started; by default this one), and
-    ``gate``, a context manager the resident server gives, is held while checks run.
+    is the process the log line names (the one qmail-smtpd started; by default this one),
+    ``gate``, a context manager the resident server gives, is held while checks run, and
+    ``ignored`` names the variables the resident server did not take from its peer.
 
     Never raises: an unexpected exception is 81 (memory exhaustion 51), with its log line.
     """
     started = time.monotonic()
     connection = Connection.from_environ(environ)
     pid = pid or os.getpid()
-    fields: dict[str, object] = {"pid": pid, "ip": connection.remote_ip}
+    fields: dict[str, object] = {
+        "pid": pid,
+        "ip": connection.remote_ip,
+        "ignored": ",".join(ignored),
+    }
     style = "json" if environ.get("QQF_LOG") == "json" else "text"
     action = None
     try:

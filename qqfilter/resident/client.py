@@ -5,45 +5,159 @@ environment to the resident server over a unix socket (SCM_RIGHTS), gets back wh
 and does it itself: exec qmail-queue on the descriptors the server prepared (so qmail-queue
 runs as this process, and its exit status reaches qmail-smtpd unchanged), or exit with the
 code. The packets are wire.py's; the exec is handoff's, the one the one-shot program uses.
+
+A server that is stopped (SIGSTOP), swamped or hung must not hang qmail-smtpd with it: the
+client waits for the answer at most QQF_SOCKETTIMEOUT seconds (DEADLINE) once the whole
+message has arrived (a slow SMTP client's time is qmail-smtpd's to limit, not ours), and for
+room in a full listen backlog as long; then it answers 71.
+
 It imports C modules and small modules of the project's that import nothing else (wire and
-replypipe; handoff to exec; logline and exitcodes only to say it failed): every module counts,
-about 0.2 ms each here, since its start-up is paid by every message.
+replypipe; handoff to exec; logline and exitcodes only to say it failed; select, a C module,
+to wait): every module counts, about 0.2 ms each here, since its start-up is paid by every
+message.
 """
 
 import _socket
+import errno
 import os
+import stat
+import time
 
 from qqfilter import replypipe
 from qqfilter.resident import wire
 
+DEADLINE = 300.0
+"""Seconds the server may take to answer once the message is in, unless QQF_SOCKETTIMEOUT
+says otherwise: its own limits (QQF_SCANTIMEOUT 120, QQF_SPFTIMEOUT 20, --wait 10) fit in it,
+and an SMTP client waits 10 minutes for the answer to its DATA."""
+TOO_BIG = (errno.EMSGSIZE, errno.ENOBUFS)
+"""sendmsg's errors for a request past the socket's buffer (an environment of ~212 KB)."""
+
 
 def run(environ: dict[str, str]) -> int | None:
-    """Filter through the server; None when it cannot be reached and the caller should do
-    the work itself (QQF_SOCKETFALLBACK=inprocess, the default)."""
+    """Filter through the server; None when it cannot be reached (or cannot be told this
+    message) and the caller should do the work itself (QQF_SOCKETFALLBACK=inprocess, the
+    default)."""
     path = environ.get("QQF_SOCKET", "")
+    deadline = _seconds(environ.get("QQF_SOCKETTIMEOUT", ""))
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+    connection.settimeout(deadline)
     try:
         try:
-            connection.connect(path)
-        except OSError as exc:
+            problem = _connect(connection, path, deadline)
+        except TimeoutError:
+            return _fail(f"resident server busy: no room in its backlog for {deadline:g} s")
+        if problem is None:
+            problem = _send(connection, environ)
+        if problem is not None:
             if environ.get("QQF_SOCKETFALLBACK") == "tempfail":
-                return _fail(f"resident server {path} unreachable: {exc.strerror}")
+                return _fail(f"resident server {path} unreachable: {problem}")
             return None
-        return _ask(connection, environ)
+        if not _wait(connection, deadline):
+            return _fail(f"resident server gave no answer within {deadline:g} s")
+        try:
+            received = _receive(connection)
+        except OSError as exc:
+            return _fail(f"resident server failed mid-message: {_words(exc)}")
+        return _carry_out(*received)
     finally:
         connection.close()
 
 
-def _ask(connection: _socket.socket, environ: dict[str, str]) -> int:
+def _send(connection: _socket.socket, environ: dict[str, str]) -> str | None:
+    """Send the request with fds 0 and 1; None when sent (or when the send failed: the
+    answer's read says why, and a server that refuses this peer has answered before
+    closing), else why this server cannot be told this message."""
     pipes = [fd for fd in replypipe.CANDIDATES if replypipe.usable(fd)]
     request = wire.pack_request(os.getpid(), pipes, environ)
     try:
         connection.sendmsg([request], wire.rights((0, 1)))
-        data, ancillary, _flags, _ = connection.recvmsg(
-            wire.MAX_ANSWER, wire.FDS_SPACE, _socket.MSG_CMSG_CLOEXEC
-        )
     except OSError as exc:
-        return _fail(f"resident server failed mid-message: {exc.strerror}")
+        if exc.errno in TOO_BIG:
+            return f"a request of {len(request)} bytes is too big for it"
+    return None
+
+
+def _seconds(text: str) -> float:
+    """QQF_SOCKETTIMEOUT's value, DEADLINE when it is unset or not a positive number."""
+    try:
+        value = float(text)
+    except ValueError:
+        return DEADLINE
+    return value if 0 < value <= 86400 else DEADLINE
+
+
+def _connect(connection: _socket.socket, path: str, deadline: float) -> str | None:
+    """Connect; None when connected, else why the server is unreachable. Raises
+    TimeoutError when its listen backlog stays full (a server swamped or stopped) past
+    ``deadline``."""
+    give_up = time.monotonic() + deadline
+    while True:
+        try:
+            connection.connect(path)
+            return None
+        except BlockingIOError:  # EAGAIN: the backlog is full; room comes as it accepts
+            if time.monotonic() > give_up:
+                raise TimeoutError from None
+            time.sleep(0.05)
+        except OSError as exc:
+            return _words(exc)
+
+
+def _wait(connection: _socket.socket, deadline: float) -> bool:
+    """True once the answer (or the server's end) is there to read; False when ``deadline``
+    seconds have passed since the message was all in (fd 0 a pipe no one writes any more)
+    and there is none."""
+    import select  # a C module; _socket's timeout alone cannot also watch fd 0
+
+    poller = select.poll()
+    poller.register(connection.fileno(), select.POLLIN)
+    due: float | None = time.monotonic() + deadline
+    if _arriving():
+        poller.register(0, 0)  # no events asked: POLLHUP comes when the writer is done
+        due = None
+    while True:
+        wait = None if due is None else max(0.0, due - time.monotonic()) * 1000
+        events = poller.poll(wait)
+        if not events:
+            return False
+        if any(fd != 0 for fd, _ in events):
+            return True
+        poller.unregister(0)  # the message is in: the server's time starts now
+        due = time.monotonic() + deadline
+
+
+def _arriving() -> bool:
+    """Is the message a pipe, perhaps still being written (qmail-smtpd writes it as the SMTP
+    client sends it)? A file is all there."""
+    try:
+        return stat.S_ISFIFO(os.fstat(0).st_mode)
+    except OSError:
+        return False
+
+
+def _receive(
+    connection: _socket.socket, flags: int = 0
+) -> tuple[bytes, list[tuple[int, int, bytes]]]:
+    """The answer packet and its ancillary data. A server that closes with our request unread
+    (it refuses a peer before reading) leaves ECONNRESET in front of its answer: the answer is
+    read after it."""
+    try:
+        data, ancillary, _, _ = connection.recvmsg(
+            wire.MAX_ANSWER, wire.FDS_SPACE, _socket.MSG_CMSG_CLOEXEC | flags
+        )
+    except ConnectionResetError as reset:
+        try:
+            data, ancillary, _, _ = connection.recvmsg(
+                wire.MAX_ANSWER, wire.FDS_SPACE, _socket.MSG_CMSG_CLOEXEC | _socket.MSG_DONTWAIT
+            )
+        except OSError:
+            raise reset from None
+    return data, ancillary
+
+
+def _carry_out(data: bytes, ancillary: list[tuple[int, int, bytes]]) -> int:
+    """Write the answer's log line and do what it says: exec qmail-queue, or the exit code."""
     received = wire.descriptors(ancillary)
     try:
         answer = wire.unpack_answer(data)
@@ -61,6 +175,11 @@ def _ask(connection: _socket.socket, environ: dict[str, str]) -> int:
     if answer.reply:
         replypipe.write(answer.errfd, answer.reply)
     return answer.code
+
+
+def _words(exc: OSError) -> str:
+    """exitcodes.describe's words, without importing it on every message."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def _fail(reason: str) -> int:

@@ -4,12 +4,21 @@ Libraries are imported once, at start (each check unit's PRELOAD); DNS answers a
 their TTLs; each message is decided in a thread of its own by exactly the code the one-shot
 program runs (qqfilter.qmailqueue.decide), on the client's own descriptors. At most ``limit``
 messages are under the checks at once (Gate); one that waits longer than ``wait`` seconds gets
-71. Only
-peers whose uid (SO_PEERCRED) is allowed may use the socket, and the socket's mode says the
-same. SIGHUP empties the DNS cache (settings and control files are read for every message
-anyway); SIGTERM stops accepting, lets the messages in work finish, and exits. The threads
-need SIGPIPE and SIGXFSZ ignored (a client gone, a file size limit: errors, not deaths), as
-CPython sets them at start.
+71.
+
+Anyone who can reach the socket can try to stop the server, so nothing a peer does may: a peer
+whose uid (SO_PEERCRED) is not allowed is answered and closed before anything is read from it;
+the request must come within IO_DEADLINE seconds and pass wire.unpack_request's bounds; at
+most ``connections`` connections are served at once (past that, new ones wait in the listen
+backlog); an accept() that fails (out of descriptors, say) costs a log line and a pause. A peer
+that is neither the server's user nor root does not choose programs, paths or servers, nor the
+environment of programs the checks run (``confine``).
+
+SIGHUP empties the DNS cache (settings and control files are read for every message anyway);
+SIGTERM stops accepting, ends the connections still waiting for their request, lets the
+messages in work finish for at most ``grace`` seconds, and exits. The threads need SIGPIPE and
+SIGXFSZ ignored (a client gone, a file size limit: errors, not deaths), as CPython sets them at
+start.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import contextlib
 import grp
 import os
 import pwd
+import resource
 import signal
 import socket
 import sys
@@ -26,26 +36,67 @@ import threading
 import time
 
 from qqfilter import logline
-from qqfilter.exitcodes import TEMPFAILED, QueueError
+from qqfilter.exitcodes import TEMPFAILED, QueueError, describe
 from qqfilter.qmailqueue import Action, Decision, decide
 from qqfilter.resident import wire
+from qqfilter.settings import every_setting, server_only_variables
 
 PRELOAD = ("tomllib",)
 """What every message needs besides the check units' own PRELOAD (the TOML file's reader)."""
+IO_DEADLINE = 5.0
+"""Seconds a connection may take to send its request, and the server to send its answer. A
+client sends its request as soon as it is connected: one that does not is idle, or hostile."""
+ACCEPT_PAUSE = 0.5
+"""Seconds the server rests after accept() fails (out of descriptors, say): a connection left
+in the backlog would otherwise make the loop spin."""
+FDS_PER_CONNECTION = 8
+"""Descriptors a message in work may hold: its connection, the message and envelope, the
+spool, the two handed on, a scanner's socket or pipe. For the warning at start."""
+CONNECTION_FACTS = frozenset(
+    {
+        "TCPREMOTEIP",
+        "TCPREMOTEHOST",
+        "TCPREMOTEINFO",
+        "TCPREMOTEPORT",
+        "TCPLOCALIP",
+        "TCPLOCALHOST",
+        "TCPLOCALPORT",
+        "RELAYCLIENT",
+        "HELOHOST",
+        "SMTPAUTHUSER",
+    }
+)
+"""What tcpserver and qmail-smtpd say about the SMTP connection: every peer's own to tell."""
 
 
 class Server:
-    """The listening socket, its rules, and the messages in work."""
+    """The listening socket, its rules, and the connections in work."""
 
     def __init__(
-        self, path: str, *, limit: int, wait: float, users: set[int], group: int | None
+        self,
+        path: str,
+        *,
+        limit: int,
+        wait: float,
+        users: set[int],
+        group: int | None,
+        connections: int,
+        grace: float,
     ) -> None:
         self.path = path
         self.gate = Gate(limit, wait)
         self.users = users
         self.group = group
+        self.grace = grace
+        self.own_uid = os.getuid()
+        self.server_only = server_only_variables()
+        self.peer_variables = peer_variables()
+        self.slots = threading.BoundedSemaphore(connections)
         self.stopping = threading.Event()
         self.workers: set[threading.Thread] = set()
+        self.waiting: set[socket.socket] = set()
+        """Connections whose request has not come yet: SIGTERM ends their wait."""
+        self.lock = threading.Lock()
         self.listener = self._listen()
 
     def _listen(self) -> socket.socket:
@@ -73,56 +124,140 @@ class Server:
 
     def run(self) -> None:
         while not self.stopping.is_set():
-            try:
-                connection, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                if self.stopping.is_set():
-                    break
-                raise
-            worker = threading.Thread(target=self._serve, args=(connection,), daemon=True)
-            self.workers.add(worker)
-            worker.start()
-            self.workers = {w for w in self.workers if w.is_alive()}
+            if not self.slots.acquire(timeout=0.2):
+                continue  # every slot taken: new connections wait in the listen backlog
+            connection = self._accept()
+            if connection is None:
+                self.slots.release()
+            else:
+                self._start(connection)  # the slot is the connection's now
         self.listener.close()
-        os.unlink(self.path)
+        with contextlib.suppress(FileNotFoundError):  # removed by hand: gone all the same
+            os.unlink(self.path)
+        with self.lock:  # idle connections: their recvmsg returns at once (no request)
+            for connection in self.waiting:
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RD)
+        give_up = time.monotonic() + self.grace
         for worker in list(self.workers):
-            worker.join()
+            worker.join(max(0.0, give_up - time.monotonic()))
+        left = sum(worker.is_alive() for worker in self.workers)
+        if left:  # their clients see the connection end: 71, nothing was queued
+            _say(f"{left} messages still in work after {self.grace:g} s: not waiting longer")
 
-    def _serve(self, connection: socket.socket) -> None:
-        with connection:
-            fds: list[int] = []
-            try:
-                allowed = peer_allowed(connection, self.users, self.group)
-                data, ancillary, _flags, _ = connection.recvmsg(
-                    wire.MAX_REQUEST, wire.FDS_SPACE, socket.MSG_CMSG_CLOEXEC
-                )
-                fds = wire.descriptors(ancillary)
-                request = wire.unpack_request(data)
-                if not allowed:
-                    answer = _refusal(data, "resident server: this user may not use it")
-                elif request is None or len(fds) != 2:
-                    answer = _refusal(data, "resident server: malformed request")
-                else:
-                    decision = decide(
-                        request.environ,
-                        fds[0],
-                        fds[1],
-                        request.pipes.__contains__,
-                        request.pid,
-                        self.gate,
-                    )
-                    action = decision.action
-                    if action.program:  # ours to close once they are on their way
-                        fds += [action.message_fd, action.envelope_fd]
-                    answer = _answer(decision)
-                connection.sendmsg(*answer)
-            except OSError:
-                pass  # the client went away: it is its exit status qmail-smtpd sees
-            finally:
-                for fd in fds:
-                    os.close(fd)
+    def _accept(self) -> socket.socket | None:
+        """The next connection; None when there is none yet, or accept() failed."""
+        try:
+            connection, _ = self.listener.accept()
+        except TimeoutError:
+            return None
+        except OSError as exc:
+            # EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED...: a server that exits here is
+            # one any local user stops; a pause, and the backlog waits
+            if not self.stopping.is_set():
+                _say(f"accept failed: {describe(exc)}; pausing {ACCEPT_PAUSE:g} s")
+                self.stopping.wait(ACCEPT_PAUSE)
+            return None
+        return connection
+
+    def _start(self, connection: socket.socket) -> None:
+        """Refuse a peer that is not allowed, before reading anything; else a thread."""
+        pid, uid, _gid = peer(connection)
+        if not peer_allowed(connection, self.users, self.group):
+            with connection:
+                connection.setblocking(False)  # an empty socket takes one packet at once
+                with contextlib.suppress(OSError):
+                    connection.sendmsg(*_refusal(pid, "resident server: this user may not use it"))
+            self.slots.release()
+            _say(f"refused pid {pid} uid {uid}: not an allowed user")
+            return
+        worker = threading.Thread(target=self._serve, args=(connection, pid, uid), daemon=True)
+        try:
+            worker.start()
+        except RuntimeError as exc:  # no thread to be had (memory, a limit on processes)
+            connection.close()
+            self.slots.release()
+            _say(f"cannot start a thread: {exc}; pausing {ACCEPT_PAUSE:g} s")
+            self.stopping.wait(ACCEPT_PAUSE)
+            return
+        self.workers.add(worker)
+        self.workers = {w for w in self.workers if w.is_alive()}
+
+    def _serve(self, connection: socket.socket, pid: int, uid: int) -> None:
+        fds: list[int] = []
+        try:
+            with connection:
+                connection.settimeout(IO_DEADLINE)
+                data, flags = self._receive(connection, fds)
+                if data:  # none: the client closed without asking (it works without us)
+                    connection.sendmsg(*self._decide(data, flags, fds, pid, uid))
+        except TimeoutError:
+            _say(f"pid {pid} uid {uid}: nothing within {IO_DEADLINE:g} s; closed")
+        except OSError:
+            pass  # the client went away: it is its exit status qmail-smtpd sees
+        except Exception as exc:  # a bug: one line, and the server goes on
+            _say(f"pid {pid} uid {uid}: internal error: {type(exc).__name__}: {exc}")
+        finally:
+            for fd in fds:
+                os.close(fd)
+            self.slots.release()
+
+    def _receive(self, connection: socket.socket, fds: list[int]) -> tuple[bytes, int]:
+        """The request packet (b"" at its end) and recvmsg's flags; its descriptors go to
+        ``fds``."""
+        with self.lock:
+            if self.stopping.is_set():
+                connection.shutdown(socket.SHUT_RD)  # a request already sent is still read
+            self.waiting.add(connection)
+        try:
+            data, ancillary, flags, _ = connection.recvmsg(
+                wire.MAX_REQUEST, wire.FDS_SPACE, socket.MSG_CMSG_CLOEXEC
+            )
+        finally:
+            with self.lock:
+                self.waiting.discard(connection)
+        fds += wire.descriptors(ancillary)
+        return data, flags
+
+    def _decide(
+        self, data: bytes, flags: int, fds: list[int], pid: int, uid: int
+    ) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+        """The answer to the request in ``data``; descriptors to close after go to ``fds``."""
+        try:
+            if flags & socket.MSG_TRUNC:
+                raise ValueError(f"more than {wire.MAX_REQUEST} bytes")
+            if flags & socket.MSG_CTRUNC or len(fds) != 2:
+                raise ValueError("not the message's and the envelope's descriptors")
+            request = wire.unpack_request(data)
+        except ValueError as exc:
+            _say(f"malformed request from pid {pid} uid {uid}: {exc}")
+            return _refusal(pid, "resident server: malformed request")
+        environ, ignored = request.environ, tuple[str, ...]()
+        if uid not in (self.own_uid, 0):
+            environ, ignored = self.confine(request.environ)
+        decision = decide(
+            environ, fds[0], fds[1], request.pipes.__contains__, request.pid, self.gate, ignored
+        )
+        action = decision.action
+        if action.program:  # ours to close once they are on their way
+            fds += [action.message_fd, action.envelope_fd]
+        return _answer(decision)
+
+    def confine(self, theirs: dict[str, str]) -> tuple[dict[str, str], tuple[str, ...]]:
+        """The environment a message of a peer that is neither this server's user nor root
+        is decided in, and the server-only variables it set (ignored).
+
+        It is the server's own environment, with the peer's connection facts and
+        per-connection settings in place of the server's: so the peer chooses no program,
+        path or server (QHPSI, QQF_SPOOLDIR, QQF_CLAMD, QQF_CONFIG...), and no PATH or
+        LD_PRELOAD for the programs a check runs (a QHPSI scanner gets this environment).
+        """
+        environ = dict(os.environ)
+        for name in self.peer_variables:
+            environ.pop(name, None)  # unset by the peer: unset here too, as for the server's
+            if name in theirs:
+                environ[name] = theirs[name]
+        return environ, tuple(sorted(name for name in theirs if name in self.server_only))
 
 
 class Gate:
@@ -142,11 +277,24 @@ class Gate:
         self.turns.release()
 
 
+def peer(connection: socket.socket) -> tuple[int, int, int]:
+    """The peer's pid, uid and gid (SO_PEERCRED): the kernel's word, not the peer's."""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    pid, uid, gid = (int.from_bytes(credentials[i : i + 4], sys.byteorder) for i in (0, 4, 8))
+    return pid, uid, gid
+
+
 def peer_allowed(connection: socket.socket, users: set[int], group: int | None) -> bool:
     """True when the peer's uid (SO_PEERCRED) is in ``users`` or its gid is ``group``."""
-    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
-    _pid, uid, gid = (int.from_bytes(credentials[i : i + 4], sys.byteorder) for i in (0, 4, 8))
+    _pid, uid, gid = peer(connection)
     return uid in users or (group is not None and gid == group)
+
+
+def peer_variables() -> frozenset[str]:
+    """What any allowed peer may set: its connection facts, and every setting's variable
+    but the server-only ones (programs, their arguments, paths, servers, QQF_CONFIG)."""
+    names = {name for row in every_setting() for name in (row.env, row.alias) if name}
+    return CONNECTION_FACTS | frozenset(names - server_only_variables())
 
 
 def _answer(decision: Decision) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
@@ -167,14 +315,22 @@ def _answer(decision: Decision) -> tuple[list[bytes], list[tuple[int, int, bytes
     return [packet], wire.rights((action.message_fd, action.envelope_fd))
 
 
-def _refusal(data: bytes, reason: str) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+def _refusal(pid: int, reason: str) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
     """The answer to a request the server will not decide: 71, and a line saying why."""
-    pid = wire.request_pid(data)
     line = {"pid": pid, "verdict": "error", "code": TEMPFAILED, "reason": reason}
     return _answer(Decision(Action(TEMPFAILED), logline.format_text(line), "text", pid))
 
 
-def serve(path: str, *, limit: int, wait: float, users: list[str], group: str) -> int:
+def serve(
+    path: str,
+    *,
+    limit: int,
+    wait: float,
+    users: list[str],
+    group: str,
+    connections: int = 100,
+    grace: float = 60.0,
+) -> int:
     """Run the server on ``path`` until SIGTERM; returns the exit status."""
     started = time.monotonic()
     from qqfilter.checks import units
@@ -184,10 +340,25 @@ def serve(path: str, *, limit: int, wait: float, users: list[str], group: str) -
             __import__(name)
     allowed = {os.getuid(), 0} | {_uid(u) for u in users}
     gid = grp.getgrnam(group).gr_gid if group else None
-    server = Server(path, limit=limit, wait=wait, users=allowed, group=gid)
+    server = Server(
+        path,
+        limit=limit,
+        wait=wait,
+        users=allowed,
+        group=gid,
+        connections=connections,
+        grace=grace,
+    )
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: server.stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: _reload())
+    descriptors, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if connections * FDS_PER_CONNECTION + 32 > descriptors:
+        _say(
+            f"--connections {connections} may need {connections * FDS_PER_CONNECTION} "
+            f"descriptors, and the limit is {descriptors}: raise it (ulimit -n) or lower "
+            "--connections; the server pauses while it has none"
+        )
     _say(f"serving on {path} (ready in {time.monotonic() - started:.2f} s)")
     server.run()
     _say("stopped")
@@ -222,6 +393,18 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--wait", type=float, default=10.0, help="seconds a client may wait for a turn (10)"
     )
     serve_parser.add_argument(
+        "--connections",
+        type=int,
+        default=100,
+        help="connections served at once, spooling included; more wait in the backlog (100)",
+    )
+    serve_parser.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="seconds SIGTERM waits for the messages in work (60)",
+    )
+    serve_parser.add_argument(
         "--users", default="", help="users besides the server's own (and root) who may connect"
     )
     serve_parser.add_argument("--group", default="", help="a group whose members may connect")
@@ -239,4 +422,6 @@ def _command(options: argparse.Namespace) -> int:
         wait=options.wait,
         users=users,
         group=options.group,
+        connections=max(1, options.connections),
+        grace=max(0.0, options.grace),
     )

@@ -6,6 +6,10 @@ fds 0 and 1 (message and envelope) attached (SCM_RIGHTS). The answer is ``QQF1\\
 <code>\\0<errfd>\\0<program>\\0<log line>\\0<custom reply>``, with the message and envelope
 descriptors prepared for qmail-queue attached for exec.
 
+Whoever can connect chooses the bytes of a request, so every field's length is checked before
+it is read (a number of at most so many digits, so many descriptors, so many variables): a
+malformed packet is a ValueError saying why, never another exception.
+
 The client imports this module, so it imports only C modules (os, sys, _socket): the
 client's start-up is Python's floor.
 """
@@ -16,7 +20,16 @@ import sys
 
 MAGIC = b"QQF1"
 MAX_REQUEST = 1 << 20
+"""The server reads up to this much; a client's kernel refuses to send more than its socket
+buffer (about 212 KB by default) anyway, and the client then works without the server."""
 MAX_ANSWER = 65536
+MAX_DIGITS = 10
+"""Digits a number in a packet may have: a pid, a descriptor, an exit code (int() of thousands
+of digits is slow, and past 4,300 it raises)."""
+MAX_PIPES = 4
+"""Custom-reply descriptors a request may name (replypipe.CANDIDATES has two)."""
+MAX_VARIABLES = 4096
+"""Environment variables a request may carry (qmail-smtpd's child has a few dozen)."""
 FDS_SPACE = _socket.CMSG_SPACE(2 * 4)
 """Ancillary room for the two descriptors a packet carries."""
 EXEC = b"exec"
@@ -58,24 +71,31 @@ def pack_request(pid: int, pipes: list[int], environ: dict[str, str]) -> bytes:
     return b"\0".join(fields)
 
 
-def unpack_request(data: bytes) -> Request | None:
-    """The Request in ``data``; None when it is not one."""
-    fields = data.split(b"\0")
+def unpack_request(data: bytes) -> Request:
+    """The Request in ``data``; raises ValueError, saying what is wrong, when it is not one."""
+    fields = data.split(b"\0", MAX_VARIABLES + 3)
     if len(fields) < 3 or fields[0] != MAGIC:
-        return None
+        raise ValueError("not a request")
+    if len(fields) > MAX_VARIABLES + 3:
+        raise ValueError(f"more than {MAX_VARIABLES} variables")
+    pid = number(fields[1], "pid")
+    pipes = fields[2].split(b",", MAX_PIPES) if fields[2] else []
+    if len(pipes) > MAX_PIPES:
+        raise ValueError(f"more than {MAX_PIPES} reply descriptors")
     environ = {}
     for entry in fields[3:]:
         name, equals, value = entry.partition(b"=")
         if equals:
             environ[os.fsdecode(name)] = os.fsdecode(value)
-    pipes = frozenset(int(p) for p in fields[2].split(b",") if p.isdigit())
-    return Request(request_pid(data), pipes, environ)
+    return Request(pid, frozenset(number(p, "descriptor") for p in pipes), environ)
 
 
-def request_pid(data: bytes) -> int:
-    """The pid a request names, 0 when it names none (for the log line of a refusal)."""
-    fields = data.split(b"\0", 2)
-    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else 0
+def number(field: bytes, what: str) -> int:
+    """The decimal number in ``field``; ValueError when it is not one of at most MAX_DIGITS
+    ASCII digits."""
+    if not _short_number(field):
+        raise ValueError(f"{what} is not a number of at most {MAX_DIGITS} digits")
+    return int(field)
 
 
 def pack_answer(answer: Answer) -> bytes:
@@ -99,9 +119,13 @@ def unpack_answer(data: bytes) -> Answer:
     if len(fields) != 7 or fields[0] != MAGIC:
         raise ValueError("ended without an answer (stopped or died mid-message)")
     _, kind, code, errfd, program, line, reply = fields
-    if kind not in (EXEC, EXIT) or not (code.isdigit() and errfd.isdigit()):
+    if kind not in (EXEC, EXIT) or not (_short_number(code) and _short_number(errfd)):
         raise ValueError("sent an answer that makes no sense")
     return Answer(kind, int(code), int(errfd), os.fsdecode(program), line, reply)
+
+
+def _short_number(field: bytes) -> bool:
+    return 0 < len(field) <= MAX_DIGITS and field.isdigit()
 
 
 def rights(fds: tuple[int, int]) -> list[tuple[int, int, bytes]]:
