@@ -15,6 +15,8 @@ file's bytes and name say it is), kinds.py (the default lists), warlord.py (s/qm
 
 from __future__ import annotations
 
+import os
+
 from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.checks.mime.kinds import BLOCKED_EXTENSIONS, KINDS
@@ -214,27 +216,12 @@ def _judge_part(
     why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
-    if settings[ARCHIVEDEPTH] and _is_zip(part):
-        return _judge_archive(spool, part, settings, blockkinds, label, detail, notes)
+    if settings[ARCHIVEDEPTH]:
+        return _judge_container(part, settings, blockkinds, label, detail, notes)
     return None
 
 
-def _is_zip(part: Part) -> bool:
-    """A zip by its first bytes, or by an end record near its end, as unzip and 7-Zip find
-    one (a self-extractor, a polyglot: data in front of the zip)."""
-    from qqfilter.checks.mime import zipread
-    from qqfilter.checks.mime.walk import decode_tail
-
-    if part.head.startswith(zipread.LOCAL):
-        return True
-    if len(part.head) < zipread.END_SIZE or part.end - part.start < zipread.END_SIZE:
-        return False
-    tail = decode_tail(part.spool, part.start, part.end, part.encoding, zipread.TAIL)
-    return any(True for _ in zipread.end_records(tail, None))
-
-
-def _judge_archive(
-    spool: Spool,
+def _judge_container(
     part: Part,
     settings: Settings,
     blockkinds: frozenset[str],
@@ -242,8 +229,13 @@ def _judge_archive(
     detail: str,
     notes: list[str],
 ) -> Finding | None:
+    """Open the part if it is a container (archives.py) and judge every member: each name
+    a reader may show, each head's kind, a Java manifest."""
     from qqfilter.checks.mime import archives, filetypes
 
+    found = archives.container(part)
+    if not found:
+        return None
     size = part.end - part.start
     if part.encoding in ("base64", "x-uuencode", "uuencode", "x-uue"):
         size = size * 3 // 4
@@ -257,19 +249,24 @@ def _judge_archive(
         expanded=settings[ARCHIVEEXPAND],
     )
     blockext = settings[BLOCKEXT]
-    for member in archives.members(spool, part, settings[SPOOLDIR], budget):
-        for name in member.names if blockext else ():  # any name a reader may show
-            why = filetypes.name_problem(name, blockext)
-            if why:
-                return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
-        if blockkinds and member.head:
-            kind = filetypes.content_kind(member.head, attachment=True)
-            if kind and kind[0] in blockkinds:
-                return _refuse(
-                    f"attachment {label}: archive member {member.name}: {kind[1]}", detail
-                )
-        if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
-            return _refuse(f"attachment {label}: Java archive", detail)
+    directory = settings[SPOOLDIR]
+    fd = archives.decode_part(part, directory)
+    try:
+        for member in archives.members(fd, part.name or f"({found})", budget, directory):
+            for name in member.names if blockext else ():  # any name a reader may show
+                why = filetypes.name_problem(name, blockext)
+                if why:
+                    return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
+            if blockkinds and member.head:
+                kind = filetypes.content_kind(member.head, attachment=True)
+                if kind and kind[0] in blockkinds:
+                    return _refuse(
+                        f"attachment {label}: archive member {member.name}: {kind[1]}", detail
+                    )
+            if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
+                return _refuse(f"attachment {label}: Java archive", detail)
+    finally:
+        os.close(fd)
     notes.extend(budget.exceeded)
     return None
 

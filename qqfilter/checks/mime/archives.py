@@ -1,45 +1,98 @@
-"""Looking inside zip archives: member names and member heads, at a bounded cost.
+"""The archive layer: every container a desktop opens, looked into at a bounded cost.
 
-The archive is decoded from the spool into a file without a name (never into memory), from
-whatever transfer encoding it came in (base64, quoted-printable, uuencode, or none), and read
-an entry at a time by zipread.py from its central directory (found from the end, so data in
-front of the zip does not hide it). Of each member only the first bytes are decompressed, so
-a zip bomb costs what its heads cost, and the directory is read only as far as the member
-budget goes, so a directory of a million entries costs what a thousand cost. A zip inside a
-zip is opened only while the depth, member count and expanded-bytes budgets last. What the
-budgets stop is reported, so policy can judge it.
+A container arrives as a part (or a member of another container) and is decoded into a file
+without a name (never into memory), from whatever transfer encoding it came in. Its format is
+told by its first bytes (``sniff``), or for a zip also by the end record near its end (data
+in front of a zip: self-extractors, polyglots), and its reader lists its entries one at a
+time: zipread.py for zips; the modules beside this one for the other formats (FORMATS names
+each reader). Every reader gives the same ``Entry``: every name a reader may show, whether it
+is encrypted, and its bytes on demand, valid until the next entry is asked for (libarchive
+reads a stream, so a member is read while its reader stands on it).
+
+Of each member the first HEAD bytes are read for the content test; a member is expanded whole
+(into another nameless file) only when it is a container itself, or when the caller wants
+whole files of its kind (documents). Budgets stop the look: members per message, bytes
+expanded per message, the nesting depth. What they stop is noted, so policy can judge it.
 """
+
+from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
 
 from qqfilter.checks.mime import zipread
 from qqfilter.checks.mime.walk import HEAD, Part, decoded
 from qqfilter.exitcodes import QueueError
-from qqfilter.spool import Spool, anonymous_file, write_all
+from qqfilter.spool import anonymous_file, write_all
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO
+
+    Reader = Callable[[BinaryIO, int], Iterator["Entry"]]
 
 INNER_NAMES = (".zip", ".jar")
 """Members expanded to be looked into even when they do not start as a zip (a zip with data
 in front: a self-extractor or a polyglot under a zip's name)."""
 
+FORMATS: tuple[tuple[str, Callable[[bytes], bool], str], ...] = (
+    ("zip", lambda head: head.startswith(zipread.LOCAL), "qqfilter.checks.mime.archives"),
+)
+"""(format, test of the first HEAD bytes, module whose ``entries(stream, size)`` reads it),
+tried in order. The readers are imported when a container of theirs is met."""
+
+
+class Encrypted(Exception):
+    """Raised by a reader whose container hides even its member names behind a password."""
+
+
+class Entry:
+    """One member as a reader lists it: every name a reader may show (the first is the one
+    reported), whether it is encrypted, its declared size (-1: not known), why its content
+    cannot be read ("" when it can), and ``read(limit)``, which yields its bytes, at most
+    ``limit`` in all, and is valid until the next entry is asked for. A hand-written
+    ``__slots__`` class, as every record on the queue path."""
+
+    __slots__ = ("encrypted", "names", "read", "size", "unread")
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        *,
+        encrypted: bool,
+        size: int,
+        unread: str,
+        read: Callable[[int], Iterator[bytes]],
+    ) -> None:
+        self.names = names
+        self.encrypted = encrypted
+        self.size = size
+        self.unread = unread
+        self.read = read
+
 
 class Member:
-    """One file in an archive: every name a reader may show for it (with the names of the
-    archives around it; ``name`` first) and its head (empty for an encrypted member or one
-    whose compression is not read here: judged by name only)."""
+    """One file in a container, as the check judges it: every name a reader may show for it
+    (with the names of the containers around it; ``name`` first), its head (empty when
+    encrypted or unreadable: judged by name only), and ``file``, a descriptor of the whole
+    member expanded (-1 unless the caller asked for its kind or it is a container), valid
+    until the next member is asked for."""
 
-    __slots__ = ("encrypted", "head", "name", "names")
+    __slots__ = ("encrypted", "file", "head", "name", "names")
 
-    def __init__(self, names: tuple[str, ...], head: bytes, *, encrypted: bool) -> None:
+    def __init__(
+        self, names: tuple[str, ...], head: bytes, *, encrypted: bool, file: int = -1
+    ) -> None:
         self.names = names
         self.name = names[0]
         self.head = head
         self.encrypted = encrypted
+        self.file = file
 
 
 class Budget:
-    """What one message may spend on archives; ``exceeded`` says what stopped the look."""
+    """What one message may spend on containers; ``exceeded`` says what stopped the look."""
 
     __slots__ = ("depth", "exceeded", "expanded", "max_expanded", "members")
 
@@ -55,87 +108,240 @@ class Budget:
             self.exceeded.append(why)
 
 
-def members(spool: Spool, part: Part, directory: str, budget: Budget) -> Iterator[Member]:
-    """The members of the zip archive in ``part`` (decoded into a nameless file). The part's
-    bytes are read from the file it carries (``part.spool``: the message, or the file the
-    walk decoded an encoded message or text into), not from ``spool``, the message."""
+def sniff(head: bytes) -> str:
+    """The container format ``head`` (a file's first bytes) starts as, or ""."""
+    for name, test, _module in FORMATS:
+        if test(head):
+            return name
+    return ""
+
+
+def container(part: Part) -> str:
+    """The container format of ``part``: by its first bytes, or a zip by an end record near
+    its end, as unzip and 7-Zip find one (data in front of the zip); "" if none."""
+    from qqfilter.checks.mime.walk import decode_tail
+
+    found = sniff(part.head)
+    if found or len(part.head) < zipread.END_SIZE:
+        return found
+    tail = decode_tail(part.spool, part.start, part.end, part.encoding, zipread.TAIL)
+    return "zip" if any(True for _ in zipread.end_records(tail, None)) else ""
+
+
+def decode_part(part: Part, directory: str) -> int:
+    """A nameless file (its descriptor, at offset 0) holding the part's body decoded from
+    its transfer encoding: what the recipient's mail program would save. The bytes are read
+    from the file the part carries (``part.spool``: the message, or the file the walk
+    decoded an encoded message or text into)."""
     fd = anonymous_file(directory)
     try:
-        _decode_to(part.spool, part, fd, directory)
-        with os.fdopen(os.dup(fd), "rb") as stream:
-            yield from _walk_zip(stream, part.name or "(zip)", 1, budget, directory)
-    finally:
+        for data in decoded(part.spool, part.start, part.end, part.encoding):
+            if data:
+                write_all(fd, data, directory)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
 
 
-def _walk_zip(stream, outer: str, depth: int, budget: Budget, directory: str) -> Iterator[Member]:
-    size = os.fstat(stream.fileno()).st_size
+def members(
+    fd: int,
+    outer: str,
+    budget: Budget,
+    directory: str,
+    *,
+    whole: Callable[[bytes], bool] | None = None,
+    depth: int = 1,
+) -> Iterator[Member]:
+    """The members of the container in the file ``fd`` (named ``outer`` in reports), and of
+    the containers inside it down to the budget's depth. ``whole(head)`` says which members
+    the caller wants expanded (``Member.file``)."""
+    size = os.fstat(fd).st_size
+    with os.fdopen(os.dup(fd), "rb") as stream:
+        head = stream.read(HEAD)
+        found = sniff(head) or _zip_by_its_end(stream, size)
+        if not found:
+            budget.note(f"{outer}: not a readable archive")
+            return
+        stream.seek(0)
+        yield from _entries(stream, size, found, outer, budget, directory, whole, depth)
+
+
+def _zip_by_its_end(stream: BinaryIO, size: int) -> str:
+    start = max(0, size - zipread.TAIL)
+    stream.seek(start)
+    tail = stream.read(size - start)
+    return "zip" if any(True for _ in zipread.end_records(tail, start)) else ""
+
+
+def _entries(
+    stream: BinaryIO,
+    size: int,
+    found: str,
+    outer: str,
+    budget: Budget,
+    directory: str,
+    whole: Callable[[bytes], bool] | None,
+    depth: int,
+) -> Iterator[Member]:
+    reader = _reader(found)
     try:
-        for entry in zipread.entries(stream, size):
+        for entry in reader(stream, size):
             if budget.members <= 0:
                 budget.note("too many archive members")
                 return
             budget.members -= 1
-            names = tuple(f"{outer}/{name}" for name in entry.names)
-            head = b"" if entry.encrypted else _head(stream, entry, budget, names[0])
-            yield Member(names, head, encrypted=entry.encrypted)
-            if head.startswith(zipread.LOCAL) or (head and names[0].lower().endswith(INNER_NAMES)):
-                yield from _inner_zip(stream, entry, names[0], depth, budget, directory)
-    except zipread.NotZip:
-        budget.note(f"{outer}: not a readable zip archive")
-    except (OSError, ValueError, OverflowError, struct.error):  # a directory that lies
-        budget.note(f"{outer}: not a readable zip archive")
+            yield from _member(entry, outer, budget, directory, whole, depth)
+    except Encrypted:
+        yield Member((f"{outer}/",), b"", encrypted=True)
+    except (OSError, ValueError, OverflowError, EOFError, struct.error) as exc:
+        budget.note(f"{outer}: not a readable {found} archive ({_words(exc)})")
 
 
-def _head(stream, entry: zipread.Entry, budget: Budget, name: str) -> bytes:
-    try:
-        head = b"".join(zipread.decompressed(stream, entry, HEAD))
-    except zipread.NotZip:
-        budget.note(f"{name}: cannot be read")
-        return b""
-    except ValueError as exc:  # a method not read here, or data that does not decompress
-        budget.note(f"{name}: cannot be read ({exc})")
-        return b""
-    budget.expanded += len(head)
-    return head
-
-
-def _inner_zip(
-    stream, entry: zipread.Entry, name: str, depth: int, budget: Budget, directory: str
+def _member(
+    entry: Entry,
+    outer: str,
+    budget: Budget,
+    directory: str,
+    whole: Callable[[bytes], bool] | None,
+    depth: int,
 ) -> Iterator[Member]:
-    """A zip inside a zip, expanded into a nameless file (never into memory) within budget."""
-    if depth >= budget.depth:
-        budget.note(f"{name}: archives nested deeper than {budget.depth}")
+    names = tuple(f"{outer}/{name}" for name in entry.names)
+    if entry.encrypted or entry.unread:
+        if entry.unread:
+            budget.note(f"{names[0]}: cannot be read ({entry.unread})")
+        yield Member(names, b"", encrypted=entry.encrypted)
         return
-    if budget.expanded + entry.size > budget.max_expanded:
-        budget.note(f"{name}: over the expanded-size budget")
-        return
-    fd = anonymous_file(directory)
+    chunks = entry.read(budget.max_expanded - budget.expanded + 1)
     try:
-        allowed = budget.max_expanded - budget.expanded
-        try:
-            for chunk in zipread.decompressed(stream, entry, allowed + 1):
-                budget.expanded += len(chunk)
-                if budget.expanded > budget.max_expanded:
-                    budget.note(f"{name}: over the expanded-size budget")
-                    return
-                write_all(fd, chunk, directory)
-        except QueueError:
-            raise  # the spool directory is full: that is 53, not a note
-        except (zipread.NotZip, ValueError, OSError):
-            budget.note(f"{name}: cannot be read")
+        head = _head(chunks)
+    except (OSError, ValueError, EOFError) as exc:
+        budget.note(f"{names[0]}: cannot be read ({_words(exc)})")
+        yield Member(names, b"", encrypted=False)
+        return
+    budget.expanded += len(head)
+    inner = sniff(head) or ("zip?" if head and names[0].lower().endswith(INNER_NAMES) else "")
+    wanted = whole is not None and whole(head)
+    if not (inner or wanted):
+        yield Member(names, head, encrypted=False)
+        return
+    if inner and not wanted and depth >= budget.depth:
+        budget.note(f"{names[0]}: archives nested deeper than {budget.depth}")
+        yield Member(names, head, encrypted=False)
+        return
+    fd = _expand(head, chunks, entry.size, names[0], budget, directory)
+    try:
+        yield Member(names, head, encrypted=False, file=fd)
+        if fd < 0 or not inner:
+            return
+        if depth >= budget.depth:
+            budget.note(f"{names[0]}: archives nested deeper than {budget.depth}")
             return
         os.lseek(fd, 0, os.SEEK_SET)
-        with os.fdopen(os.dup(fd), "rb") as inner:
-            yield from _walk_zip(inner, name, depth + 1, budget, directory)
+        if inner == "zip?":
+            yield from members(fd, names[0], budget, directory, whole=whole, depth=depth + 1)
+            return
+        with os.fdopen(os.dup(fd), "rb") as stream:
+            size = os.fstat(fd).st_size
+            yield from _entries(stream, size, inner, names[0], budget, directory, whole, depth + 1)
     finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _head(chunks: Iterator[bytes]) -> bytes:
+    """The first HEAD bytes from ``chunks`` (the rest stays in the iterator, except what the
+    last chunk read carried past HEAD: _expand is given the head and the rest)."""
+    parts: list[bytes] = []
+    have = 0
+    for chunk in chunks:
+        parts.append(chunk)
+        have += len(chunk)
+        if have >= HEAD:
+            break
+    return b"".join(parts)
+
+
+def _expand(
+    head: bytes,
+    chunks: Iterator[bytes],
+    declared: int,
+    name: str,
+    budget: Budget,
+    directory: str,
+) -> int:
+    """The member written whole into a nameless file (its descriptor), within the expanded
+    budget; -1, noted, when it does not fit or cannot be read."""
+    if declared > 0 and budget.expanded + declared - len(head) > budget.max_expanded:
+        budget.note(f"{name}: over the expanded-size budget")
+        return -1
+    fd = anonymous_file(directory)
+    try:
+        write_all(fd, head, directory)
+        for chunk in chunks:
+            budget.expanded += len(chunk)
+            if budget.expanded > budget.max_expanded:
+                budget.note(f"{name}: over the expanded-size budget")
+                os.close(fd)
+                return -1
+            write_all(fd, chunk, directory)
+    except QueueError:
         os.close(fd)
+        raise  # the spool directory is full: that is 53, not a note
+    except (OSError, ValueError, EOFError) as exc:
+        budget.note(f"{name}: cannot be read ({_words(exc)})")
+        os.close(fd)
+        return -1
+    return fd
 
 
-def _decode_to(spool: Spool, part: Part, fd: int, directory: str) -> None:
-    """Write the part's body, decoded from its transfer encoding, to ``fd``, a window at a
-    time: what the zip reader reads is what the recipient's mail program would save."""
-    for data in decoded(spool, part.start, part.end, part.encoding):
-        if data:
-            write_all(fd, data, directory)
-    os.lseek(fd, 0, os.SEEK_SET)
+def _reader(found: str) -> Reader:
+    if found == "zip":
+        return entries
+    import importlib
+
+    for name, _test, module in FORMATS:
+        if name == found:
+            return importlib.import_module(module).entries
+    raise ValueError(f"no reader for {found}")
+
+
+def _words(exc: BaseException) -> str:
+    """An exception in a few words for the log line."""
+    text = str(exc) or type(exc).__name__
+    return text[:120]
+
+
+# The zip reader (zipread.py) in the layer's terms.
+
+
+def entries(stream: BinaryIO, size: int) -> Iterator[Entry]:
+    """The entries of a zip, from its central directory (or its local headers)."""
+    try:
+        for found in zipread.entries(stream, size):
+            yield Entry(
+                found.names,
+                encrypted=found.encrypted,
+                size=found.size,
+                unread=_unread_method(found),
+                read=_zip_read(stream, found),
+            )
+    except zipread.NotZip as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _unread_method(found: zipread.Entry) -> str:
+    if found.encrypted or zipread.readable(found.method):
+        return ""
+    return f"compression {found.method_name} is not read"
+
+
+def _zip_read(stream: BinaryIO, found: zipread.Entry) -> Callable[[int], Iterator[bytes]]:
+    def read(limit: int) -> Iterator[bytes]:
+        try:
+            yield from zipread.decompressed(stream, found, limit)
+        except zipread.NotZip as exc:
+            raise ValueError(str(exc)) from None
+
+    return read

@@ -41,6 +41,9 @@ MAX_COMMENT = 0xFFFF
 TAIL = _END.size + MAX_COMMENT
 """How far from the end of a zip its end record can be: the record and the longest comment."""
 CHUNK = 1 << 16
+"""Compressed bytes read at a time."""
+OUT = 1 << 18
+"""Decompressed bytes made at a time, at most."""
 
 STORED, DEFLATED, BZIP2, LZMA = 0, 8, 12, 14
 _METHODS = {6: "implode", 9: "deflate64", 93: "zstd", 95: "xz", 98: "ppmd", 99: "AES"}
@@ -271,23 +274,36 @@ def data_start(stream: BinaryIO, entry: Entry) -> int:
 
 
 def decompressed(stream: BinaryIO, entry: Entry, limit: int) -> Iterator[bytes]:
-    """The member's bytes, decompressed a chunk at a time, at most ``limit`` of them in all
-    (a bomb costs what is asked for). Raises NotZip for a missing header, ValueError for a
-    method not read here or data that does not decompress."""
+    """The member's bytes, decompressed a chunk of at most OUT bytes at a time, at most
+    ``limit`` of them in all (a bomb costs what is asked for, and memory one chunk). Raises
+    NotZip for a missing header, ValueError for a method not read here or data that does
+    not decompress."""
     position = data_start(stream, entry)
     remaining = entry.compressed
-    decompressor = _decompressor(entry.method)
+    step = _decompressor(entry.method)
+    pending = ended = False
     while limit > 0:
-        stream.seek(position)
-        raw = stream.read(min(CHUNK, remaining)) if remaining > 0 else b""
-        position += len(raw)
-        remaining -= len(raw)
-        data = raw[:limit] if decompressor is None else decompressor(raw, limit)
+        raw = b""
+        if not pending:  # what was fed is drained: read on
+            stream.seek(position)
+            raw = stream.read(min(CHUNK, remaining, limit if step is None else CHUNK))
+            position += len(raw)
+            remaining -= len(raw)
+            ended = not raw
+        data = raw if step is None else step(raw, min(limit, OUT))
         if data:
             limit -= len(data)
+            pending = step is not None
             yield data
-        elif not raw:
+        elif pending:
+            pending = False
+        elif ended:
             return
+
+
+def readable(method: int) -> bool:
+    """Is ``method`` one the stdlib decompresses (stored, deflate, bzip2, lzma)?"""
+    return method in (STORED, DEFLATED, BZIP2, LZMA)
 
 
 def _decompressor(method: int):
