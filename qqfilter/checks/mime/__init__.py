@@ -28,6 +28,7 @@ from qqfilter.settings import (
     Settings,
     bounded,
     byte_count,
+    choice,
     count,
     flags,
     subset,
@@ -124,6 +125,29 @@ ARCHIVEEXPAND = Setting(
     byte_count,
     "bytes decompressed from archives per message, at most (zip bombs stop here)",
 )
+ENCRYPTED = Setting(
+    "encrypted",
+    "QQF_ENCRYPTED",
+    "accept",
+    choice("accept", "refuse"),
+    "password-protected archives: accept (judged by their member names) or refuse",
+)
+MACROS = Setting(
+    "macros",
+    "QQF_MACROS",
+    "autoexec",
+    choice("off", "autoexec", "any"),
+    "Office documents with VBA macros: autoexec refuses macros that run on open "
+    "(AutoOpen, Document_Open, Workbook_Open, ...), any refuses every macro, off looks not",
+)
+PDFJS = Setting(
+    "pdfjs",
+    "QQF_PDFJS",
+    "accept",
+    choice("accept", "refuse"),
+    "PDFs with JavaScript: accept or refuse (a /Launch action or an embedded executable "
+    "is always refused)",
+)
 SETTINGS = (
     BLOCKEXT,
     BLOCKKINDS,
@@ -136,6 +160,9 @@ SETTINGS = (
     ARCHIVEMEMBERS,
     ARCHIVEMAXSIZE,
     ARCHIVEEXPAND,
+    ENCRYPTED,
+    MACROS,
+    PDFJS,
 )
 PRELOAD = (
     "magic",
