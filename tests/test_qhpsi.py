@@ -1,5 +1,6 @@
 """QHPSI: s/qmail's scanner interface, with clamdscan against a real clamd and a script."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -38,6 +39,19 @@ if os.environ.get("SCANNER_CHILD"):
         os._exit(0)
     with open(os.path.join(record, "child"), "w") as out:
         out.write(str(child))
+if os.environ.get("SCANNER_SETSID"):
+    grandchild = os.fork()
+    if grandchild == 0:  # a daemon of its own session, holding our stdout open
+        os.setsid()
+        time.sleep(float(os.environ["SCANNER_SETSID"]))
+        os._exit(0)
+    with open(os.path.join(record, "grandchild"), "w") as out:
+        out.write(str(grandchild))
+if os.environ.get("SCANNER_FLOOD"):
+    block = b"x" * 65535 + b"\\n"
+    for _ in range(int(os.environ["SCANNER_FLOOD"]) * 16):
+        sys.stdout.buffer.write(block)
+    sys.stdout.flush()
 time.sleep(float(os.environ.get("SCANNER_SLEEP", "0")))
 if os.environ.get("SCANNER_SIGNAL"):
     os.kill(os.getpid(), int(os.environ["SCANNER_SIGNAL"]))
@@ -281,3 +295,51 @@ def test_sigterm_during_a_scan_removes_the_file_and_the_scanner(qq, scanner):
     scanner_pid = int((record / "pid").read_text())
     time.sleep(0.2)
     assert not _alive(scanner_pid)
+
+
+@pytest.mark.one_shot  # the peak measured is the one-shot process's, which scans
+def test_a_flood_of_scanner_output_costs_bounded_memory(qq, scanner):
+    """600 MB on the scanner's stdout: read as it comes, only the last MAX_OUTPUT kept."""
+    program, record = scanner
+    env = {
+        "QHPSI": program,
+        "SCANNER_RECORD": str(record),
+        "SCANNER_FLOOD": "600",
+        "SCANNER_PRINT": "/x/y: Win.Trojan.Flood-1 FOUND",
+        "SCANNER_EXIT": "1",
+    }
+    started = time.monotonic()
+    out = qq.submit(CLEAN, ENV, env=env, measure=True)
+    assert time.monotonic() - started < 10
+    assert_clean_failure(out, 31)
+    assert out.field("reason") == "virus found: Win.Trojan.Flood-1", out.stderr
+    assert out.peak_kib < 64 * 1024, out.peak_kib
+
+
+@pytest.mark.parametrize("scanner_sleep", ["0", "30"], ids=["exits", "hangs"])
+def test_a_setsid_grandchild_holding_stdout_does_not_hold_the_answer(qq, scanner, scanner_sleep):
+    """A daemon the scanner started in a session of its own keeps the pipe open: the answer
+    comes when the scanner exits (or at the deadline), and the named file is gone."""
+    program, record = scanner
+    env = {
+        "QHPSI": program,
+        "SCANNER_RECORD": str(record),
+        "SCANNER_SETSID": "20",
+        "SCANNER_SLEEP": scanner_sleep,
+        "QQF_SCANTIMEOUT": "2",
+    }
+    started = time.monotonic()
+    try:
+        out = qq.submit(CLEAN, ENV, env=env, timeout=40)
+        took = time.monotonic() - started
+    finally:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError, ValueError):
+            os.kill(int((record / "grandchild").read_text()), signal.SIGKILL)
+    assert not list(qq.spool.glob(".qqfilter-qhpsi-*"))
+    if scanner_sleep == "0":
+        assert took < 2, took
+        assert out.returncode == 0, out.stderr
+    else:
+        assert took < 2 + 1.5, took
+        assert_clean_failure(out, 71)
+        assert out.field("detail") == "scanner: no verdict within 2 s, killed"

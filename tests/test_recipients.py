@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import cdblib
@@ -164,3 +165,72 @@ def test_a_queue_of_backscatter_is_refused_on_replay(qq, home, tmp_path):
     assert [line["tag"] for line in lines[:-1]] == ["Reject::RCPT::Failed_Rcptto"] * len(users)
     assert lines[-1]["summary"]["tags"] == {"Reject::RCPT::Failed_Rcptto": len(users)}
     assert Path(queue).is_dir()
+
+
+def test_many_recipients_with_long_local_parts_are_quick(qq, home):
+    """1,000 recipients of 489 dashes each: not judged (over MAX_BREAKS), at once; 1,000 of
+    100 dashes (the most that is judged): judged, each lookup made once per message."""
+    long = [f"{i}{'-a' * 489}@example.org".encode() for i in range(1000)]
+    started = time.monotonic()
+    out = submit(qq, *long)
+    assert time.monotonic() - started < 2
+    assert out.returncode == 0, out.stderr
+    judged = [f"ghost{'-a' * 99}-{i}@example.org".encode() for i in range(1000)]
+    started = time.monotonic()
+    out = submit(qq, *judged)
+    assert time.monotonic() - started < 2
+    assert_clean_failure(out, 31)
+    assert out.field("detail").startswith("1000 of 1000 recipients unknown")
+
+
+def users_cdb(home: Path, filler: int = 0) -> Path:
+    """The fixture's users/cdb again, after ``filler`` MB of other users."""
+    path = home / "users" / "cdb"
+    entries = list(cdblib.Reader(path.read_bytes()).iteritems())
+    pad = b"p" * 2000
+    with open(path, "wb") as stream, cdblib.Writer(stream) as writer:
+        for i in range(filler * 500):
+            writer.put(b"!filler%06d\0" % i, b"\0".join([pad, b"9", b"9", b"/x", b"", b""]))
+        for key, value in entries:
+            writer.put(key, value)
+    return path
+
+
+@pytest.mark.one_shot  # the peak measured is the one-shot process's, which judges
+@pytest.mark.parametrize("home", ["cdb"], indirect=True)
+def test_a_large_users_cdb_is_read_by_lookup(qq, home):
+    """A 60 MB users/cdb costs a few reads, not its size in memory (72 MB peak before)."""
+    path = users_cdb(home, filler=60)
+    assert path.stat().st_size > 60_000_000
+    out = qq.submit(
+        MESSAGE,
+        envelope(b"a@example.com", b"joe-news@example.org"),
+        env={"QQF_RCPTCHECK": "any"},
+        measure=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.peak_kib < 64 * 1024, out.peak_kib
+    out = qq.submit(
+        MESSAGE,
+        envelope(b"a@example.com", b"joe-nothing@example.org"),
+        env={"QQF_RCPTCHECK": "any"},
+    )
+    assert_clean_failure(out, 31)
+
+
+@pytest.mark.parametrize("home", ["cdb"], indirect=True)
+@pytest.mark.parametrize("cut", ["empty", "in the header", "in the tables", "garbage"])
+def test_a_damaged_users_cdb_is_a_configuration_error(qq, home, cut):
+    """As qmail-lspawn defers deliveries for it: 55 and one log line, not 81."""
+    path = home / "users" / "cdb"
+    data = path.read_bytes()
+    damaged = {
+        "empty": b"",
+        "in the header": data[:1000],
+        "in the tables": data[:-9],
+        "garbage": b"\xff" * len(data),
+    }[cut]
+    path.write_bytes(damaged)
+    out = submit(qq, b"joe-news@example.org")
+    assert_clean_failure(out, 55)
+    assert out.field("reason").startswith(f"users/cdb: {path} "), out.stderr

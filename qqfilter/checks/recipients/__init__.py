@@ -63,10 +63,11 @@ def check(message: Message, settings: Settings) -> Finding | None:
         return None
     from qqfilter.checks.recipients import mailboxes
 
-    known = mailboxes.Mailboxes(settings[QMAILHOME], settings[RCPTLIST])
-    answers = [
-        (address, known.judge(address.decode("utf-8", "surrogateescape"))) for address in recipients
-    ]
+    with mailboxes.Mailboxes(settings[QMAILHOME], settings[RCPTLIST]) as known:
+        answers = [
+            (address, known.judge(address.decode("utf-8", "surrogateescape")))
+            for address in recipients
+        ]
     unknown = [a for a, answer in answers if answer == mailboxes.NO_MAILBOX]
     if not unknown:
         return None

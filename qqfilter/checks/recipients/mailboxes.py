@@ -11,20 +11,46 @@ exists for a non-empty extension, it bounces "no mailbox here by that name".
 
 Each answer is EXISTS, NO_MAILBOX, or CANNOT_JUDGE (not our domain, a home we may not read):
 only NO_MAILBOX may ever refuse mail.
+
+The cost of an address is bounded, since the envelope is the sender's to write: users/cdb is
+read by lookup (a few ``pread``s, never the whole file; a damaged one is a configuration
+error, as qmail-lspawn makes it a temporary one), system users are looked up only under
+qmail-getpw's length limit, ``.qmail`` names only under the file-name limit, a local part
+with more than MAX_BREAKS dashes (or wildcard characters) is not judged, and within a
+message each lookup is made once (Mailboxes is made per message, so nothing goes stale).
 """
 
 import os
 import pwd
+import struct
 
 from qqfilter import control
+from qqfilter.exitcodes import CONFIG_ERROR, QueueError
 
 EXISTS = "exists"
 NO_MAILBOX = "no mailbox"
 CANNOT_JUDGE = "cannot judge"
 
+MAX_BREAKS = 100
+"""A local part with more dashes or users/cdb wildcard characters than this is not judged
+(CANNOT_JUDGE: qmail decides at delivery, as without qqfilter). Each one is a place qmail
+looks (a user, a wildcard entry, a ``.qmail-...-default``); RFC 5321's local parts (64
+octets) never come near."""
+GETPW_USERLEN = 32
+"""qmail-getpw tries only user names shorter than this."""
+NAME_MAX = 255
+"""A longer ``.qmail`` file name cannot exist (qmail-local's open fails, not temporarily)."""
+MEMO_MAX = 4096
+"""Lookups remembered per message, each kind (then they are made again, never kept more)."""
+CDB_VALUE_MAX = 65536
+"""A users/cdb record longer than this is damage, not a user (six short fields)."""
+SLOTS_READ = 8
+"""users/cdb hash-table slots read at once (a table is half empty: most searches end in it)."""
+
 
 class Mailboxes:
-    """qmail's delivery data under ``qmailhome``, read once, and an optional list file."""
+    """qmail's delivery data under ``qmailhome`` and an optional list file, for one message:
+    every lookup made once (up to MEMO_MAX). Close it (or use it in ``with``) when done."""
 
     def __init__(self, qmailhome: str, listfile: str = "") -> None:
         self.home = qmailhome
@@ -36,11 +62,32 @@ class Mailboxes:
         for line in control.lines(qmailhome, "virtualdomains") or ():
             key, _, prefix = line.partition(":")
             self.virtual[key.strip().lower()] = prefix.strip()
-        self.users = _users(qmailhome)
         self.listed, self.listed_domains = _list(listfile)
+        self.users = _users(qmailhome)
+        self.breaks = frozenset("-" + (self.users.wildchars if self.users else ""))
+        self.judged: dict[str, str] = {}
+        self.passwd: dict[str, str | None] = {}
+        self.files: dict[str, str] = {}
+
+    def __enter__(self) -> "Mailboxes":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.users:
+            self.users.close()
 
     def judge(self, address: str) -> str:
         """EXISTS, NO_MAILBOX or CANNOT_JUDGE for the envelope address ``address``."""
+        answer = self.judged.get(address)
+        if answer is None:
+            answer = self._judge(address)
+            _remember(self.judged, address, answer)
+        return answer
+
+    def _judge(self, address: str) -> str:
         local, at, domain = address.rpartition("@")
         if not at or not local:
             return CANNOT_JUDGE
@@ -71,17 +118,88 @@ class Mailboxes:
         return self.virtual.get("", "")
 
     def _local(self, local: str) -> str:
+        if sum(local.count(char) for char in self.breaks) > MAX_BREAKS:
+            return CANNOT_JUDGE
         found = self.users.lookup(local.lower()) if self.users else None
         if found is None:
-            found = _system_user(local) or (os.path.join(self.home, "alias"), "-", local)
+            found = self._system_user(local) or (os.path.join(self.home, "alias"), "-", local)
         home, dash, extension = found
         if not extension:
             return EXISTS
-        return _dot_qmail(home, dash, extension)
+        return self._dot_qmail(home, dash, extension)
+
+    def _system_user(self, local: str) -> tuple[str, str, str] | None:
+        """qmail-getpw: the longest system user (not root, owning its home) at a ``-``
+        boundary, among names shorter than GETPW_USERLEN, lower-cased."""
+        cut = len(local)
+        while cut > 0:
+            if cut < GETPW_USERLEN:
+                home = self._user_home(local[:cut].lower())
+                if home is not None:
+                    rest = local[cut + 1 :] if cut < len(local) else ""
+                    return home, "-" if cut < len(local) else "", rest
+            cut = local.rfind("-", 0, cut)
+        return None
+
+    def _user_home(self, name: str) -> str | None:
+        """The home of system user ``name`` if qmail-getpw would take it (not root, owning
+        its home), else None."""
+        if name in self.passwd:
+            return self.passwd[name]
+        home = None
+        try:
+            entry = pwd.getpwnam(name)
+            if entry.pw_uid != 0 and os.stat(entry.pw_dir).st_uid == entry.pw_uid:
+                home = entry.pw_dir
+        except (KeyError, OSError, ValueError):
+            pass
+        _remember(self.passwd, name, home)
+        return home
+
+    def _dot_qmail(self, home: str, dash: str, extension: str) -> str:
+        """qmail-local's search: .qmail-ext, then each shorter -default, then .qmail-default."""
+        extension = extension.lower().replace(".", ":")
+        names = [extension]
+        # names longer than NAME_MAX cannot exist: start at the longest -default that can
+        position = min(len(extension), NAME_MAX - len(f".qmail{dash}-default") + 1)
+        while (position := extension.rfind("-", 0, position)) >= 0:
+            names.append(extension[:position] + "-default")
+        names.append("default")
+        for name in names:
+            found = self._file(home, f".qmail{dash}{name}")
+            if found != NO_MAILBOX:
+                return found
+        return self._file(home, "")
+
+    def _file(self, home: str, name: str) -> str:
+        """EXISTS, NO_MAILBOX (absent) or CANNOT_JUDGE for ``home``/``name``; for name "",
+        NO_MAILBOX when ``home`` may be searched, else CANNOT_JUDGE."""
+        path = f"{home}/{name}"
+        if path in self.files:
+            return self.files[path]
+        if len(name) > NAME_MAX or len(os.fsencode(name)) > NAME_MAX:
+            return NO_MAILBOX  # no such name can exist (nor is it remembered: it is free)
+        if not name:
+            found = NO_MAILBOX if os.access(home, os.X_OK) else CANNOT_JUDGE
+        else:
+            try:
+                os.stat(path)
+                found = EXISTS
+            except FileNotFoundError:
+                found = NO_MAILBOX
+            except OSError:
+                found = CANNOT_JUDGE  # a home we may not look into
+        _remember(self.files, path, found)
+        return found
+
+
+def _remember(memo: dict, key: object, value: object) -> None:
+    if len(memo) < MEMO_MAX:
+        memo[key] = value
 
 
 class _Users:
-    """users/cdb (or, where qmail-newu has not been run, users/assign) as a lookup."""
+    """users/assign (where qmail-newu has not been run) as a lookup."""
 
     def __init__(self, exact: dict[str, tuple], wild: dict[str, tuple], wildchars: str) -> None:
         self.exact = exact
@@ -93,43 +211,126 @@ class _Users:
         if local in self.exact:
             return self.exact[local]
         for i in range(len(local), -1, -1):
-            prefix = local[:i]
-            if i and prefix[-1] not in self.wildchars:
+            if i and local[i - 1] not in self.wildchars:
                 continue
+            prefix = local[:i]
             if prefix in self.wild:
                 home, dash, pre = self.wild[prefix]
                 return home, dash, pre + local[i:]
         return None
 
+    def close(self) -> None:
+        pass
+
 
 def _users(qmailhome: str) -> _Users | None:
+    """users/cdb, else users/assign, else None. A users/cdb that cannot be read or believed is
+    a configuration error (55), as every file of qmail's is (qqfilter.control)."""
     path = os.path.join(qmailhome, "users", "cdb")
-    data = control.read_trusted(path, "users/cdb", 1 << 30)
-    if data is None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return _assign(qmailhome)
-    import cdblib
+    except OSError as exc:
+        raise control.unreadable("users/cdb", path, exc) from None
+    try:
+        why = control.unsafe(os.fstat(fd))
+        if why:
+            raise QueueError(CONFIG_ERROR, f"users/cdb: {path} {why}")
+        return _CdbUsers(_Cdb(fd, path))
+    except BaseException:
+        os.close(fd)  # the one owner of fd until _CdbUsers is made
+        raise
 
-    reader = cdblib.Reader(data)
-    return _CdbUsers(reader)
+
+class _Cdb:
+    """A cdb file read by lookup, as qmail's cdb_seek reads it: ``pread``s of the header, the
+    slots and the record, never the whole file (and no mmap, which a file cut short under us
+    would turn into SIGBUS). Damage (a short read, a table past the end, a table with no
+    empty slot) is QueueError 55, as in qmail-lspawn it is a temporary failure."""
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.size = os.fstat(fd).st_size
+        header = self._read(0, 2048)
+        self.tables = list(struct.iter_unpack("<LL", header))
+        for position, slots in self.tables:
+            if slots and (position < 2048 or position + 8 * slots > self.size):
+                where = f"{slots} slots at {position} of {self.size} bytes"
+                raise self._damaged(f"a hash table outside the file ({where})")
+        self.found: dict[bytes, bytes | None] = {}
+        from cdblib import djb_hash
+
+        self.hash = djb_hash
+
+    def get(self, key: bytes) -> bytes | None:
+        """The first record's data for ``key``, or None."""
+        if key in self.found:
+            return self.found[key]
+        value = self._get(key)
+        _remember(self.found, key, value)
+        return value
+
+    def _get(self, key: bytes) -> bytes | None:
+        hashed = self.hash(key) & 0xFFFFFFFF
+        position, slots = self.tables[hashed & 255]
+        if not slots:
+            return None
+        slot = (hashed >> 8) % slots
+        probed = 0
+        while probed < slots:
+            run = min(SLOTS_READ, slots - slot, slots - probed)  # to the table's end, then on
+            for value, record in struct.iter_unpack(
+                "<LL", self._read(position + 8 * slot, 8 * run)
+            ):
+                if not record:
+                    return None
+                if value == hashed:
+                    klen, dlen = struct.unpack("<LL", self._read(record, 8))
+                    if dlen > CDB_VALUE_MAX:
+                        raise self._damaged(f"a record of {dlen} bytes at {record}")
+                    if klen == len(key) and self._read(record + 8, klen) == key:
+                        return self._read(record + 8 + klen, dlen)
+            probed += run
+            slot = (slot + run) % slots
+        raise self._damaged(f"a hash table at {position} without an empty slot")
+
+    def _read(self, offset: int, length: int) -> bytes:
+        try:
+            data = os.pread(self.fd, length, offset)
+        except OSError as exc:
+            raise control.unreadable("users/cdb", self.path, exc) from None
+        if len(data) < length:
+            raise self._damaged(f"cut short at {self.size} bytes")
+        return data
+
+    def _damaged(self, what: str) -> QueueError:
+        why = f"users/cdb: {self.path} is damaged: {what} (rebuild it with qmail-newu)"
+        return QueueError(CONFIG_ERROR, why)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class _CdbUsers(_Users):
     """users/cdb read as qmail-lspawn reads it."""
 
-    def __init__(self, reader) -> None:
-        self.reader = reader
-        wildchars = reader.get(b"") or b""
+    def __init__(self, cdb: _Cdb) -> None:
+        self.cdb = cdb
+        wildchars = cdb.get(b"") or b""
         super().__init__({}, {}, wildchars.decode("latin-1"))
 
     def lookup(self, local: str) -> tuple[str, str, str] | None:
         """qmail-lspawn's search: ``!local\\0`` (an ``=`` entry), then ``!prefix`` (a ``+``
         entry) for each shorter prefix ending in a wildcard character, down to ``!``."""
         key = ("!" + local).encode("latin-1", "replace") + b"\0"
-        for i in range(len(key), 0, -1):
+        cuts = {i + 1 for char in self.wildchars.encode("latin-1") for i in _places(key, char)}
+        for i in sorted(cuts | {len(key), 1}, reverse=True):
             wild = i < len(key)
-            if wild and i > 1 and chr(key[i - 1]) not in self.wildchars:
-                continue
-            value = self.reader.get(key[:i])
+            value = self.cdb.get(key[:i])
             if value is None:
                 continue
             fields = value.decode("latin-1").split("\0")
@@ -138,6 +339,18 @@ class _CdbUsers(_Users):
             extension = fields[5] + (local[i - 1 :] if wild else "")
             return fields[3], fields[4], extension
         return None
+
+    def close(self) -> None:
+        self.cdb.close()
+
+
+def _places(data: bytes, byte: int) -> list[int]:
+    """Every index of ``byte`` in ``data``."""
+    found, i = [], data.find(byte)
+    while i >= 0:
+        found.append(i)
+        i = data.find(byte, i + 1)
+    return found
 
 
 def _assign(qmailhome: str) -> _Users | None:
@@ -159,43 +372,6 @@ def _assign(qmailhome: str) -> _Users | None:
             wild[fields[0].lower()] = entry
     wildchars = "".join(sorted({key[-1] for key in wild if key}))
     return _Users(exact, wild, wildchars)
-
-
-def _system_user(local: str) -> tuple[str, str, str] | None:
-    """qmail-getpw: the longest system user (not root, owning its home) at a ``-`` boundary."""
-    cut = len(local)
-    while cut > 0:
-        name = local[:cut]
-        try:
-            entry = pwd.getpwnam(name)
-            if entry.pw_uid != 0 and os.stat(entry.pw_dir).st_uid == entry.pw_uid:
-                rest = local[cut + 1 :] if cut < len(local) else ""
-                return entry.pw_dir, "-" if cut < len(local) else "", rest
-        except (KeyError, OSError):
-            pass
-        cut = local.rfind("-", 0, cut)
-    return None
-
-
-def _dot_qmail(home: str, dash: str, extension: str) -> str:
-    """qmail-local's search: .qmail-ext, then each shorter -default, then .qmail-default."""
-    extension = extension.lower().replace(".", ":")
-    names = [extension]
-    position = len(extension)
-    while (position := extension.rfind("-", 0, position)) >= 0:
-        names.append(extension[:position] + "-default")
-    names.append("default")
-    for name in names:
-        try:
-            os.stat(os.path.join(home, f".qmail{dash}{name}"))
-            return EXISTS
-        except FileNotFoundError:
-            continue
-        except OSError:
-            return CANNOT_JUDGE  # a home we may not look into
-    if not os.access(home, os.X_OK):
-        return CANNOT_JUDGE
-    return NO_MAILBOX
 
 
 def _list(path: str) -> tuple[set[str], set[str]]:

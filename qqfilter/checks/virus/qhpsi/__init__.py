@@ -106,7 +106,7 @@ SETTINGS = (
     QHPSIMAXSIZE,
     *SHARED,
 )
-PRELOAD = ("subprocess", "qqfilter.checks.virus.qhpsi.scanner")
+PRELOAD = ("select", "subprocess", "qqfilter.checks.virus.qhpsi.scanner")
 
 
 def validate(settings: Settings) -> list[SettingError]:

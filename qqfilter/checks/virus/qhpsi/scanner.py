@@ -6,6 +6,12 @@ file's place. The program's exit code says the verdict: ``QHPSIRC`` infected, ``
 clean, anything else (a crash, a deadline, a program that cannot run) means it could not
 decide.
 
+The scan ends when the program exits or QQF_SCANTIMEOUT passes, whichever is first; then its
+process group (it and what it started) is killed. Its output is read as it comes and only the
+last MAX_OUTPUT bytes are kept (for a clamscan-style ``FOUND`` line): no amount of output costs
+memory, and a process it started in a session of its own that keeps the pipe open cannot hold
+the answer, since nothing after the exit or the deadline waits without a bound.
+
 The scanner needs a path, and the spool has none: the spool file gets a name in the spool
 directory (a hard link where the kernel allows, else a copy) for as long as the scanner runs,
 mode 0600, removed before ``scan`` returns. A scanner such as clamdscan that hands the path to
@@ -25,6 +31,13 @@ INFECTED = "infected"
 UNKNOWN = "unknown"
 
 MAX_OUTPUT = 65536
+"""The scanner's output kept (the last bytes): for a ``FOUND`` line, never more."""
+LAST_READS = 64
+"""Reads of what is left in the pipe once the scanner has exited (64 KiB each, at most)."""
+REAP_WAIT = 1.0
+"""Seconds to wait for a killed scanner to be gone before leaving it to a reaper thread."""
+TICK = 0.05
+"""Seconds between looks at the scanner where the kernel has no pidfd to wait on."""
 FOUND = re.compile(rb": ([\x21-\x7e][\x20-\x7e]{0,119}?) FOUND\s*$", re.MULTILINE)
 """A clamscan-style report line, ``<path>: <signature> FOUND``."""
 
@@ -119,13 +132,18 @@ def _link_or_copy(fd: int, path: str) -> None:
 def _run(
     argv: list[str], infected: int, clean: int, timeout: float, environ: dict[str, str] | None
 ) -> Report:
-    """Run ``argv`` in its own process group; past the deadline the whole group is killed.
+    """Run ``argv`` in its own process group, reading its output as it comes, within one
+    deadline for the whole scan.
 
-    The deadline also covers anything the scanner started that keeps its output open.
+    The scanner's exit is its verdict: output that something it started (in its own session,
+    out of reach of the group kill) keeps open is not waited for. When the scanner exits or the
+    deadline passes, its process group is killed, our end of the pipe closed, and the wait for
+    it bounded (REAP_WAIT), so nothing it left behind can hold the answer or the named file.
     """
     import subprocess
 
     name = os.path.basename(argv[0])
+    started = time.monotonic()
     try:
         child = subprocess.Popen(
             argv,
@@ -138,18 +156,24 @@ def _run(
         )
     except OSError as exc:
         return Report(UNKNOWN, why=f"{name}: cannot run: {describe(exc)}")
-    started = time.monotonic()
+    assert child.stdout is not None
     try:
-        output, _ = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _kill_group(child.pid)  # not reaped yet, so the group is still the scanner's
-        child.communicate()
-        return Report(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
+        output, exited = _collect(child.stdout.fileno(), child.pid, started + timeout)
     except BaseException:
         _kill_group(child.pid)
+        child.stdout.close()
         raise
-    output = output[-MAX_OUTPUT:]
-    status = child.returncode
+    _kill_group(child.pid)  # not reaped yet, so the group is still the scanner's
+    child.stdout.close()
+    try:
+        status = child.wait(REAP_WAIT)
+    except subprocess.TimeoutExpired:  # killed, yet not gone (a disk wait): reaped later
+        import threading
+
+        threading.Thread(target=child.wait, daemon=True).start()
+        return Report(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
+    if not exited:
+        return Report(UNKNOWN, why=f"{name}: no verdict within {timeout:g} s, killed")
     if status < 0:
         return Report(UNKNOWN, why=f"{name}: killed by signal {-status}")
     if status == infected:
@@ -159,6 +183,63 @@ def _run(
         return Report(CLEAN)
     took = time.monotonic() - started
     return Report(UNKNOWN, why=f"{name}: exit code {status} after {took:.1f} s")
+
+
+def _collect(pipe: int, pid: int, deadline: float) -> tuple[bytes, bool]:
+    """Read ``pipe`` until process ``pid`` exits (True) or ``deadline`` passes (False); the
+    last MAX_OUTPUT bytes of what it said. The process is left unreaped (its group stays its
+    own for the kill)."""
+    import select
+
+    os.set_blocking(pipe, False)
+    try:
+        watch = os.pidfd_open(pid)  # readable when pid exits
+    except (AttributeError, OSError):  # not Linux 5.3+: look every TICK
+        watch = -1
+    poller = select.poll()
+    poller.register(pipe, select.POLLIN)
+    if watch >= 0:
+        poller.register(watch, select.POLLIN)
+    tail = bytearray()
+    reading = True
+    try:
+        while True:
+            if _exited(pid):
+                if reading:
+                    _read(pipe, tail, LAST_READS)  # what it wrote before exiting, bounded
+                return bytes(tail[-MAX_OUTPUT:]), True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return bytes(tail[-MAX_OUTPUT:]), False
+            wait = min(left, 60.0) if watch >= 0 else min(left, TICK)  # poll takes a C int
+            for fd, _ in poller.poll(int(wait * 1000) + 1):
+                if fd == pipe and not _read(pipe, tail, 16):
+                    poller.unregister(pipe)  # end of output: now only its exit is awaited
+                    reading = False
+    finally:
+        if watch >= 0:
+            os.close(watch)
+
+
+def _read(pipe: int, tail: bytearray, reads: int) -> bool:
+    """Up to ``reads`` reads of what is waiting in ``pipe`` onto ``tail``, which keeps only
+    the last MAX_OUTPUT bytes (and at most twice that between trims); False at end of file."""
+    for _ in range(reads):
+        try:
+            chunk = os.read(pipe, 65536)
+        except BlockingIOError:
+            return True
+        if not chunk:
+            return False
+        tail += chunk
+        if len(tail) > 2 * MAX_OUTPUT:
+            del tail[:-MAX_OUTPUT]
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """Has ``pid`` exited? It stays a zombie, so its process group is not yet free."""
+    return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
 
 
 def _kill_group(pid: int) -> None:
