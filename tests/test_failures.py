@@ -116,6 +116,15 @@ def test_invalid_setting_is_55_and_named(qq, env, named):
     assert f"setting {named} from" in out.field("reason")
 
 
+def test_a_config_file_nested_past_pythons_limit_is_55(qq):
+    """tomllib recurses per nested array: 5,000 deep was an 81 (RecursionError)."""
+    config = qq.tmp / "deep.toml"
+    config.write_text("maxsize = " + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    out = qq.submit(PLAIN, ENV, env={"QQF_CONFIG": str(config)})
+    assert_clean_failure(out, 55)
+    assert "nested too deep" in out.field("reason")
+
+
 def test_invalid_config_file_is_55(qq):
     config = qq.tmp / "bad.toml"
     config.write_text("maxsize = [unclosed\n")
