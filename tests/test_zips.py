@@ -260,3 +260,34 @@ def test_zip64_end_records_are_read():
     first = next(zipread.entries(stream, len(PDF) + len(data)))
     assert first.names == ("first.exe",)
     assert b"".join(zipread.decompressed(stream, first, 10)) == b"x"
+
+
+def encrypted_zip(*members: tuple[str, bytes]) -> bytes:
+    """A zip whose members say they are encrypted (flag bit 0, in the local headers and the
+    directory): zipfile cannot write a real one, and the flag is all a reader goes by."""
+    archive = bytearray(zip_of(*members, method=zipfile.ZIP_STORED))
+    for signature, flags_at in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = archive.find(signature)
+        while at >= 0:
+            archive[at + flags_at] |= 1
+            at = archive.find(signature, at + 4)
+    return bytes(archive)
+
+
+def test_encrypted_archives_are_judged_by_name_by_default(qq):
+    out = qq.submit(mime(TEXT_PART, attachment(encrypted_zip(("a.pdf", PE)), b"f.zip")), ENV)
+    assert out.returncode == 0, out.stderr
+    out = qq.submit(mime(TEXT_PART, attachment(encrypted_zip(("a.exe", b"x")), b"f.zip")), ENV)
+    assert_clean_failure(out, 31)
+    assert "a.exe: blocked file name" in out.field("reason")
+
+
+def test_encrypted_archives_are_refused_when_so_set(qq):
+    message = mime(TEXT_PART, attachment(encrypted_zip(("a.pdf", PE)), b"f.zip"))
+    out = qq.submit(message, ENV, env={"QQF_ENCRYPTED": "refuse", "QQF_CODES": "sqmail"})
+    assert_clean_failure(out, 34)
+    assert out.field("reason") == 'attachment "f.zip": encrypted archive (f.zip/a.pdf)'
+    assert out.field("tag") == "Reject::DATA::Encrypted_Archive"
+    clean = mime(TEXT_PART, attachment(zip_of(("a.pdf", PDF)), b"f.zip"))
+    out = qq.submit(clean, ENV, env={"QQF_ENCRYPTED": "refuse"})
+    assert out.returncode == 0, out.stderr

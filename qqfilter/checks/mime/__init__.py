@@ -277,6 +277,7 @@ def _judge_container(
     )
     blockext = settings[BLOCKEXT]
     directory = settings[SPOOLDIR]
+    refuse_encrypted = settings[ENCRYPTED] == "refuse"
     fd = archives.decode_part(part, directory)
     try:
         for member in archives.members(fd, part.name or f"({found})", budget, directory):
@@ -284,6 +285,12 @@ def _judge_container(
                 why = filetypes.name_problem(name, blockext)
                 if why:
                     return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
+            if member.encrypted and refuse_encrypted:
+                return _refuse(
+                    f"attachment {label}: encrypted archive ({member.name})",
+                    detail,
+                    "Encrypted_Archive",
+                )
             if blockkinds and member.head:
                 kind = filetypes.content_kind(member.head, attachment=True)
                 if kind and kind[0] in blockkinds:
