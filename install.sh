@@ -4,7 +4,8 @@
 #   ./install.sh [--dev] [--qmail] [--venv DIR] [--qmailhome DIR]
 #
 #   --dev            editable install with the test tools (pytest, ruff, mypy), and the Debian
-#                    packages the tests run for real (clamd, clamdscan, nsd, ripmime) if missing
+#                    packages the tests run for real (clamd, clamdscan, nsd, ripmime, archivers)
+#                    if missing; without it too, libarchive13 (Debian) if missing
 #   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail): the program
 #                    to name in QMAILQUEUE
 #   --venv DIR       the virtual environment (default: .venv beside this script)
@@ -19,7 +20,7 @@ qmailhome=/var/qmail
 dev=0
 qmail=0
 
-usage() { sed -n '4,11s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '4,12s/^# \{0,1\}//p' "$0"; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,22 +46,34 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
   exit 1
 fi
 
-# The tests talk to real services; their programs come from Debian.
-test_packages=(clamav-daemon clamdscan nsd ripmime)
+# qqfilter itself needs libarchive (the C library libarchive-c loads) to open 7z, rar, cab,
+# tar, cpio, ISO and compressed attachments; the tests talk to real services and make
+# archives with real tools; all of them come from Debian.
+run_packages=(libarchive13)
+test_packages=(clamav-daemon clamdscan nsd ripmime
+  7zip gcab arj libarchive-tools genisoimage udftools bzip2 xz-utils zstd)
+packages=()
+"$python" -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("archive"))' \
+  || packages+=("${run_packages[@]}")
 missing=0
 if [ "$dev" = 1 ]; then
   [ -x /usr/sbin/clamd ] || command -v clamd >/dev/null || missing=1
   command -v clamdscan >/dev/null || missing=1
   [ -x /usr/sbin/nsd ] || command -v nsd >/dev/null || missing=1
   command -v ripmime >/dev/null || missing=1
+  for tool in 7zz gcab arj bsdtar genisoimage bzip2 xz zstd; do
+    command -v "$tool" >/dev/null || missing=1
+  done
+  [ -x /usr/sbin/mkudffs ] || command -v mkudffs >/dev/null || missing=1
 fi
-if [ "$missing" = 1 ]; then
+[ "$missing" = 0 ] || packages+=("${test_packages[@]}")
+if [ "${#packages[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt=(apt-get install -y -qq --no-install-recommends "${test_packages[@]}")
+    apt=(apt-get install -y -qq --no-install-recommends "${packages[@]}")
     "${apt[@]}" >/dev/null || { apt-get update -qq && "${apt[@]}" >/dev/null; }
   else
-    echo "install.sh: the tests need ${test_packages[*]}: as root, apt-get install them" >&2
+    echo "install.sh: qqfilter needs ${packages[*]}: as root, apt-get install them" >&2
     exit 1
   fi
 fi

@@ -336,7 +336,9 @@ def serve(
     from qqfilter.checks import units
 
     for name in (*PRELOAD, *(name for unit in units() for name in unit.preload)):
-        with contextlib.suppress(ImportError):  # libmagic may be missing: checks cope
+        # a C library may be missing (libmagic, libarchive13: ctypes fails with OSError or
+        # AttributeError, not ImportError): the checks cope, and say so per message
+        with contextlib.suppress(ImportError, OSError, AttributeError):
             __import__(name)
     allowed = {os.getuid(), 0} | {_uid(u) for u in users}
     gid = grp.getgrnam(group).gr_gid if group else None

@@ -102,7 +102,8 @@ ARCHIVEDEPTH = Setting(
     "QQF_ARCHIVEDEPTH",
     2,
     bounded(0, MAX_ARCHIVEDEPTH),
-    "zip archives looked into, nested up to this depth; 0 = do not open archives",
+    "archives (zip, 7z, rar, cab, tar, ISO, TNEF, ...) looked into, nested up to this "
+    "depth; 0 = do not open archives",
 )
 ARCHIVEMEMBERS = Setting(
     "archivemembers",
@@ -116,7 +117,7 @@ ARCHIVEMAXSIZE = Setting(
     "QQF_ARCHIVEMAXSIZE",
     50_000_000,
     byte_count,
-    "zip attachments larger than this (decoded) are not opened (noted)",
+    "archives and documents larger than this (decoded) are not opened (noted)",
 )
 ARCHIVEEXPAND = Setting(
     "archiveexpand",
@@ -165,10 +166,18 @@ SETTINGS = (
     PDFJS,
 )
 PRELOAD = (
+    "libarchive",
     "magic",
+    "olefile",
     "qqfilter.checks.mime.archives",
+    "qqfilter.checks.mime.arj",
+    "qqfilter.checks.mime.binhex",
+    "qqfilter.checks.mime.containers",
     "qqfilter.checks.mime.filetypes",
     "qqfilter.checks.mime.names",
+    "qqfilter.checks.mime.office",
+    "qqfilter.checks.mime.pdf",
+    "qqfilter.checks.mime.tnef",
     "qqfilter.checks.mime.walk",
     "qqfilter.checks.mime.warlord",
     "qqfilter.checks.mime.zipread",
@@ -243,8 +252,68 @@ def _judge_part(
     why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
+    if _wants_whole(part.head):
+        found = _judge_whole_part(part, settings, blockkinds, notes)
+        if found:
+            return _refuse(f"attachment {label}: {found[1]}", f"{detail}: {found[0]}")
     if settings[ARCHIVEDEPTH]:
         return _judge_container(part, settings, blockkinds, label, detail, notes)
+    return None
+
+
+def _wants_whole(head: bytes) -> bool:
+    """Is this a document judged by its whole file (office.py: OLE2 and RTF; pdf.py)?"""
+    from qqfilter.checks.mime import office, pdf
+
+    return office.wants(head) or pdf.wants(head)
+
+
+def _judge_whole_part(
+    part: Part, settings: Settings, blockkinds: frozenset[str], notes: list[str]
+) -> tuple[str, str] | None:
+    """The part decoded into a nameless file and judged whole (a document that runs code)."""
+    from qqfilter.checks.mime import archives
+
+    size = part.end - part.start
+    if part.encoding in ("base64", "x-uuencode", "uuencode", "x-uue"):
+        size = size * 3 // 4
+    maxsize = settings[ARCHIVEMAXSIZE]
+    if size > maxsize:
+        label = f'"{part.name}"' if part.name else f"part {part.path}"
+        notes.append(f"{label}: document larger than {maxsize} bytes not looked into")
+        return None
+    fd = archives.decode_part(part, settings[SPOOLDIR])
+    try:
+        return _judge_whole(fd, part.head, settings, blockkinds)
+    finally:
+        os.close(fd)
+
+
+def _judge_whole(
+    fd: int, head: bytes, settings: Settings, blockkinds: frozenset[str]
+) -> tuple[str, str] | None:
+    """(kind, reason) when the whole file in ``fd`` runs code: Office macros (QQF_MACROS),
+    executables packed into Office and RTF documents, a Windows Installer package, a PDF's
+    /Launch action, its JavaScript (QQF_PDFJS), and the files a PDF carries, judged by name
+    and content as attachments are."""
+    from qqfilter.checks.mime import filetypes, office, pdf
+
+    blockext = settings[BLOCKEXT]
+    if office.wants(head):
+        found = office.problem(fd, head, settings[MACROS], blockext)
+        if found and (found[0] in ("macro", "extension") or found[0] in blockkinds):
+            return found
+    if pdf.wants(head):
+        found = pdf.problem(fd, head, settings[PDFJS])
+        if found:
+            return found
+        for name, data in pdf.embedded(fd):
+            why = filetypes.name_problem(name, blockext) if blockext else ""
+            if why:
+                return "extension", f'embedded file "{name}": {why}'
+            kind = filetypes.content_kind(data, attachment=True) if data else None
+            if kind and kind[0] in blockkinds:
+                return kind[0], f'embedded file "{name}": {kind[1]}'
     return None
 
 
@@ -280,7 +349,8 @@ def _judge_container(
     refuse_encrypted = settings[ENCRYPTED] == "refuse"
     fd = archives.decode_part(part, directory)
     try:
-        for member in archives.members(fd, part.name or f"({found})", budget, directory):
+        outer = part.name or f"({found})"
+        for member in archives.members(fd, outer, budget, directory, whole=_wants_whole):
             for name in member.names if blockext else ():  # any name a reader may show
                 why = filetypes.name_problem(name, blockext)
                 if why:
@@ -297,6 +367,11 @@ def _judge_container(
                     return _refuse(
                         f"attachment {label}: archive member {member.name}: {kind[1]}", detail
                     )
+            if member.file >= 0 and _wants_whole(member.head):
+                whole = _judge_whole(member.file, member.head, settings, blockkinds)
+                if whole:
+                    reason = f"attachment {label}: archive member {member.name}: {whole[1]}"
+                    return _refuse(reason, f"{detail}: {whole[0]}")
             if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
                 return _refuse(f"attachment {label}: Java archive", detail)
     finally:

@@ -38,6 +38,58 @@ in front: a self-extractor or a polyglot under a zip's name)."""
 
 FORMATS: tuple[tuple[str, Callable[[bytes], bool], str], ...] = (
     ("zip", lambda head: head.startswith(zipread.LOCAL), "qqfilter.checks.mime.archives"),
+    ("7z", lambda head: head.startswith(b"7z\xbc\xaf\x27\x1c"), "qqfilter.checks.mime.containers"),
+    (
+        "rar",
+        lambda head: head.startswith(b"Rar!\x1a\x07"),
+        "qqfilter.checks.mime.containers",
+    ),  # RAR 4 and 5
+    ("cab", lambda head: head.startswith(b"MSCF\0\0\0\0"), "qqfilter.checks.mime.containers"),
+    (
+        "arj",
+        lambda head: (
+            head.startswith(b"\x60\xea") and 30 <= int.from_bytes(head[2:4], "little") <= 2600
+        ),
+        "qqfilter.checks.mime.arj",
+    ),
+    (
+        "lha",  # the method -lh?- / -lz?- at 2, the header level (0-3) at 20
+        lambda head: head[2:5] in (b"-lh", b"-lz") and head[6:7] == b"-" and head[20:21] < b"\x04",
+        "qqfilter.checks.mime.containers",
+    ),
+    (
+        "tar",
+        lambda head: head[257:262] == b"ustar",
+        "qqfilter.checks.mime.containers",
+    ),  # POSIX, GNU and pax
+    (
+        "cpio",  # odc, newc, crc; binary in both byte orders
+        lambda head: head.startswith((b"070707", b"070701", b"070702", b"\xc7\x71", b"\x71\xc7")),
+        "qqfilter.checks.mime.containers",
+    ),
+    (
+        "compressed",  # one file, or a tar or cpio: gzip, xz, zstd, lzip, bzip2
+        lambda head: (
+            head.startswith((b"\x1f\x8b\x08", b"\xfd7zXZ\0", b"\x28\xb5\x2f\xfd", b"LZIP"))
+            or (head[:3] == b"BZh" and head[4:10] == b"1AY&SY")
+        ),
+        "qqfilter.checks.mime.containers",
+    ),
+    ("tnef", lambda head: head.startswith(b"\x78\x9f\x3e\x22"), "qqfilter.checks.mime.tnef"),
+    (
+        "binhex",
+        lambda head: b"(This file must be converted with BinHex" in head,
+        "qqfilter.checks.mime.binhex",
+    ),
+    ("iso9660", lambda head: head[32769:32774] == b"CD001", "qqfilter.checks.mime.containers"),
+    (
+        "udf",  # its volume recognition sequence, in the sectors from 32 KB on
+        lambda head: any(
+            head[at : at + 5] in (b"BEA01", b"NSR02", b"NSR03")
+            for at in range(32769, min(len(head), 65536), 2048)
+        ),
+        "qqfilter.checks.mime.containers",
+    ),
 )
 """(format, test of the first HEAD bytes, module whose ``entries(stream, size)`` reads it),
 tried in order. The readers are imported when a container of theirs is met."""
@@ -192,6 +244,8 @@ def _entries(
                 budget.note("too many archive members")
                 return
             budget.members -= 1
+            if found == "compressed":  # and the name a desktop saves it under, too
+                entry.names = (*entry.names, _uncompressed_name(outer))
             yield from _member(entry, outer, budget, directory, whole, depth)
     except Encrypted:
         yield Member((f"{outer}/",), b"", encrypted=True)
@@ -305,6 +359,20 @@ def _reader(found: str) -> Reader:
         if name == found:
             return importlib.import_module(module).entries
     raise ValueError(f"no reader for {found}")
+
+
+COMPRESSED_SUFFIXES = (".gz", ".tgz", ".bz2", ".tbz", ".xz", ".txz", ".zst", ".lz", ".z")
+
+
+def _uncompressed_name(outer: str) -> str:
+    """The name 7-Zip, gunzip and a desktop save a compressed file's content under: its own
+    name without the compression's suffix (``invoice.pdf.exe.gz``: ``invoice.pdf.exe``)."""
+    last = outer.rsplit("/", 1)[-1]
+    for suffix in COMPRESSED_SUFFIXES:
+        if last.lower().endswith(suffix) and len(last) > len(suffix):
+            stem = last[: -len(suffix)]
+            return stem + ".tar" if suffix.startswith(".t") else stem
+    return last
 
 
 def _words(exc: BaseException) -> str:

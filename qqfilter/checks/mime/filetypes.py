@@ -1,6 +1,7 @@
 """What kind of file a part's first bytes are, and what kind its name says it is.
 
-Content first: magic numbers for the executable formats (no library needed), then libmagic
+Content first: magic numbers for the executable formats and compiled HTML help (CHM, which
+runs its scripts when opened, so it counts as a "script"; no library needed), then libmagic
 (python-magic, imported on first use) for what has no fixed number at offset 0 (disk images,
 batch files), then, for attachments only, Windows Registry files in any of the encodings
 regedit reads (libmagic knows some of them only), and the marks of Windows script hosts (WSH
@@ -19,6 +20,8 @@ _MAGIC_NUMBERS = (
     (b"\xcf\xfa\xed\xfe", "macho", "Mach-O executable"),
     (b"\xca\xfe\xba\xbe", "java", "Java class file or Mach-O universal binary"),
     (b"L\x00\x00\x00\x01\x14\x02\x00", "shortcut", "Windows shortcut (LNK)"),
+    (b"ITSF\x03\x00\x00\x00", "script", "compiled HTML help (CHM)"),
+    (b"ITSF\x02\x00\x00\x00", "script", "compiled HTML help (CHM)"),  # older, same reader
 )
 _LIBMAGIC = (
     ("PE32", "windows"),
@@ -44,6 +47,8 @@ _SCRIPT_MARKS = re.compile(
     rb"new-object\s+system\.net\.webclient|frombase64string\s*\("
 )
 _REGISTRY_HEADERS = ("windows registry editor", "regedit4")
+_REGISTRY_31 = "regedit"
+"""Windows 3.1's header: the whole first line (its HKEY_CLASSES_ROOT lines are imported too)."""
 _REGISTRY_FORMS = (
     (b"\xff\xfe", "utf-16-le"),
     (b"\xfe\xff", "utf-16-be"),
@@ -53,7 +58,10 @@ _REGISTRY_FORMS = (
     (b"", "latin-1"),
 )
 """Where a .reg file's header may be: after a byte-order mark or not, in UTF-16 (what regedit
-writes) or 8-bit text. libmagic names UTF-16LE with a BOM and plain text only."""
+writes) or 8-bit text. libmagic names UTF-16LE with a BOM and plain text only. regedit reads
+UTF-16LE after its BOM and 8-bit text otherwise (Wine's regedit, written against Windows'
+behaviour: programs/regedit/regproc.c); the other forms are read too, since a gate loses
+nothing by it. UTF-32 is not read by regedit, so it is not listed."""
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -81,11 +89,13 @@ def content_kind(head: bytes, *, attachment: bool) -> tuple[str, str] | None:
 
 def _registry_file(head: bytes) -> bool:
     """Does ``head`` start as a file regedit imports (its header, in any of _REGISTRY_FORMS)?"""
-    start = head[:64]
+    start = head[:1024]  # room for the spaces and tabs regedit skips before the header
     for bom, codec in _REGISTRY_FORMS:
         if start.startswith(bom):
-            text = start[len(bom) :].decode(codec, "ignore").lower()
+            text = start[len(bom) :].decode(codec, "ignore").lstrip(" \t").lower()
             if text.startswith(_REGISTRY_HEADERS):
+                return True
+            if text.split("\n", 1)[0].rstrip("\r") == _REGISTRY_31 and "\n" in text:
                 return True
     return False
 
