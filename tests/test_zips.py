@@ -291,3 +291,38 @@ def test_encrypted_archives_are_refused_when_so_set(qq):
     clean = mime(TEXT_PART, attachment(zip_of(("a.pdf", PDF)), b"f.zip"))
     out = qq.submit(clean, ENV, env={"QQF_ENCRYPTED": "refuse"})
     assert out.returncode == 0, out.stderr
+
+
+def seven_zip(method: str, *members: tuple[str, bytes]) -> bytes:
+    """A zip 7-Zip writes with ``method`` (Deflate64, XZ, PPMd: what zipfile cannot)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for name, data in members:
+            (root / name).write_bytes(data)
+        command = ["7zz", "a", "-tzip", f"-mm={method}", "out.zip", *(n for n, _ in members)]
+        subprocess.run(command, cwd=root, check=True, capture_output=True)
+        return (root / "out.zip").read_bytes()
+
+
+@pytest.mark.parametrize("method", ["Deflate64", "XZ", "PPMd"])
+def test_zip_methods_7zip_writes_are_decompressed(qq, method):
+    archive = seven_zip(method, ("notes.txt", b"hello world " * 2000), ("report.pdf", PE * 20))
+    with zipfile.ZipFile(io.BytesIO(archive)) as check:  # not stored: the method is used
+        assert all(info.compress_type > 8 for info in check.infolist())
+    out = qq.submit(mime(TEXT_PART, attachment(archive, b"files.zip")), ENV)
+    assert_clean_failure(out, 31)
+    assert "report.pdf: DOS/Windows executable" in out.field("reason")
+
+
+@pytest.mark.parametrize("method", ["Deflate64", "PPMd"])
+def test_a_bomb_in_a_7zip_method_costs_bounded_memory(qq, method):
+    zeros = b"\0" * (64 << 20)
+    archive = seven_zip(method, ("zeros.bin", zeros), ("inner.zip", zip_of(("a.txt", b"a"))))
+    assert len(archive) < 1 << 20
+    out = qq.submit(mime(TEXT_PART, attachment(archive, b"bomb.zip")), ENV, measure=True)
+    assert out.returncode == 0, out.stderr
+    assert out.peak_kib < 64 * MB

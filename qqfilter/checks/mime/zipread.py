@@ -45,7 +45,10 @@ CHUNK = 1 << 16
 OUT = 1 << 18
 """Decompressed bytes made at a time, at most."""
 
-STORED, DEFLATED, BZIP2, LZMA = 0, 8, 12, 14
+STORED, DEFLATED, DEFLATE64, BZIP2, LZMA, XZ, PPMD = 0, 8, 9, 12, 14, 95, 98
+MAX_PPMD_MODEL = 32 << 20
+"""The largest PPMd model (the archive chooses, up to 256 MB) decompressed here: past it a
+member is judged by name only."""
 _METHODS = {6: "implode", 9: "deflate64", 93: "zstd", 95: "xz", 98: "ppmd", 99: "AES"}
 
 
@@ -302,8 +305,8 @@ def decompressed(stream: BinaryIO, entry: Entry, limit: int) -> Iterator[bytes]:
 
 
 def readable(method: int) -> bool:
-    """Is ``method`` one the stdlib decompresses (stored, deflate, bzip2, lzma)?"""
-    return method in (STORED, DEFLATED, BZIP2, LZMA)
+    """Is ``method`` one read here (stored, deflate, deflate64, bzip2, lzma, xz, PPMd)?"""
+    return method in (STORED, DEFLATED, DEFLATE64, BZIP2, LZMA, XZ, PPMD)
 
 
 def _decompressor(method: int):
@@ -319,6 +322,14 @@ def _decompressor(method: int):
         return _bounded_stream(bz2.BZ2Decompressor())
     if method == LZMA:
         return _lzma()
+    if method == XZ:
+        import lzma
+
+        return _bounded_stream(lzma.LZMADecompressor(lzma.FORMAT_XZ))
+    if method == DEFLATE64:
+        return _deflate64()
+    if method == PPMD:
+        return _ppmd()
     raise ValueError(f"compression {_METHODS.get(method, f'method {method}')} is not read")
 
 
@@ -378,5 +389,62 @@ def _lzma():
                 raise ValueError(str(exc)) from None
             raw = header[4 + length :]
         return state[0](raw, limit)
+
+    return step
+
+
+def _deflate64():
+    """Deflate64 (7-Zip and Windows write it for large files) through inflate64, whose
+    inflate() has no output limit: it is fed 1 KB at a time (at most about 1 MB out), and
+    what it gave past ``limit`` is kept for the next call."""
+    import inflate64
+
+    state = inflate64.Inflater()
+    queue = b""
+    pending = bytearray()
+
+    def step(raw: bytes, limit: int) -> bytes:
+        nonlocal queue
+        queue += raw
+        try:
+            while len(pending) < limit and queue and not state.eof:
+                piece, queue = queue[:1024], queue[1024:]
+                pending.extend(state.inflate(piece))
+        except Exception as exc:  # the library's own error for data that does not inflate
+            raise ValueError(f"deflate64: {exc}") from None
+        out = bytes(pending[:limit])
+        del pending[:limit]
+        return out
+
+    return step
+
+
+def _ppmd():
+    """zip's PPMd (version I, revision 1): a 2-byte header (order, model size, restore
+    method), then the data, through pyppmd's decoder, whose output is bounded per call."""
+    import pyppmd
+
+    header = b""
+    state: list = []
+
+    def step(raw: bytes, limit: int) -> bytes:
+        nonlocal header
+        if not state:
+            header += raw
+            if len(header) < 2:
+                return b""
+            properties = int.from_bytes(header[:2], "little")
+            order, model = (properties & 0xF) + 1, (((properties >> 4) & 0xFF) + 1) << 20
+            if order < 2 or model > MAX_PPMD_MODEL:
+                raise ValueError(f"PPMd model of order {order}, {model >> 20} MB not read")
+            state.append(pyppmd.Ppmd8Decoder(order, model, restore_method=properties >> 12))
+            raw = header[2:]
+        decoder = state[0]
+        if decoder.eof or (not raw and decoder.needs_input):
+            return b""
+        try:
+            return decoder.decode(raw, limit)
+        except Exception as exc:  # the library's own error for data that does not decode
+            raise ValueError(f"PPMd: {exc}") from None
 
     return step
