@@ -177,6 +177,7 @@ PRELOAD = (
     "qqfilter.checks.mime.names",
     "qqfilter.checks.mime.office",
     "qqfilter.checks.mime.pdf",
+    "qqfilter.checks.mime.smuggling",
     "qqfilter.checks.mime.tnef",
     "qqfilter.checks.mime.walk",
     "qqfilter.checks.mime.warlord",
@@ -252,6 +253,10 @@ def _judge_part(
     why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
+    if _is_page(part.head):
+        page = _judge_page(part, settings, blockkinds, label, detail, notes)
+        if page:
+            return page
     if _wants_whole(part.head):
         found = _judge_whole_part(part, settings, blockkinds, notes)
         if found:
@@ -259,6 +264,13 @@ def _judge_part(
     if settings[ARCHIVEDEPTH]:
         return _judge_container(part, settings, blockkinds, label, detail, notes)
     return None
+
+
+def _is_page(head: bytes) -> bool:
+    """Is this an HTML or SVG page, which may carry files (smuggling.py)?"""
+    from qqfilter.checks.mime import smuggling
+
+    return smuggling.wants(head)
 
 
 def _wants_whole(head: bytes) -> bool:
@@ -274,13 +286,8 @@ def _judge_whole_part(
     """The part decoded into a nameless file and judged whole (a document that runs code)."""
     from qqfilter.checks.mime import archives
 
-    size = part.end - part.start
-    if part.encoding in ("base64", "x-uuencode", "uuencode", "x-uue"):
-        size = size * 3 // 4
-    maxsize = settings[ARCHIVEMAXSIZE]
-    if size > maxsize:
-        label = f'"{part.name}"' if part.name else f"part {part.path}"
-        notes.append(f"{label}: document larger than {maxsize} bytes not looked into")
+    label = f'"{part.name}"' if part.name else f"part {part.path}"
+    if _too_large(part, settings, label, "document", notes):
         return None
     fd = archives.decode_part(part, settings[SPOOLDIR])
     try:
@@ -325,58 +332,124 @@ def _judge_container(
     detail: str,
     notes: list[str],
 ) -> Finding | None:
-    """Open the part if it is a container (archives.py) and judge every member: each name
-    a reader may show, each head's kind, a Java manifest."""
-    from qqfilter.checks.mime import archives, filetypes
+    """Open the part if it is a container (archives.py) and judge every member."""
+    from qqfilter.checks.mime import archives
 
     found = archives.container(part)
-    if not found:
+    if not found or _too_large(part, settings, label, "archive", notes):
         return None
+    fd = archives.decode_part(part, settings[SPOOLDIR])
+    try:
+        outer = part.name or f"({found})"
+        return _judge_members(fd, outer, settings, blockkinds, label, detail, notes)
+    finally:
+        os.close(fd)
+
+
+def _too_large(part: Part, settings: Settings, label: str, what: str, notes: list[str]) -> bool:
+    """Is the part, decoded, over QQF_ARCHIVEMAXSIZE (noted: it is not looked into)?"""
     size = part.end - part.start
     if part.encoding in ("base64", "x-uuencode", "uuencode", "x-uue"):
         size = size * 3 // 4
     maxsize = settings[ARCHIVEMAXSIZE]
-    if size > maxsize:
-        notes.append(f"{label}: archive larger than {maxsize} bytes not opened")
-        return None
+    if size <= maxsize:
+        return False
+    notes.append(f"{label}: {what} larger than {maxsize} bytes not opened")
+    return True
+
+
+def _judge_members(
+    fd: int,
+    outer: str,
+    settings: Settings,
+    blockkinds: frozenset[str],
+    label: str,
+    detail: str,
+    notes: list[str],
+) -> Finding | None:
+    """Judge every member of the container in ``fd`` (and of the containers in it): each
+    name a reader may show, encryption (QQF_ENCRYPTED), each head's kind, documents that
+    run code, a Java manifest. What the budgets stopped goes into ``notes``."""
+    from qqfilter.checks.mime import archives, filetypes
+
     budget = archives.Budget(
         depth=settings[ARCHIVEDEPTH],
         members=settings[ARCHIVEMEMBERS],
         expanded=settings[ARCHIVEEXPAND],
     )
     blockext = settings[BLOCKEXT]
-    directory = settings[SPOOLDIR]
     refuse_encrypted = settings[ENCRYPTED] == "refuse"
+    for member in archives.members(fd, outer, budget, settings[SPOOLDIR], whole=_wants_whole):
+        for name in member.names if blockext else ():  # any name a reader may show
+            why = filetypes.name_problem(name, blockext)
+            if why:
+                return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
+        if member.encrypted and refuse_encrypted:
+            return _refuse(
+                f"attachment {label}: encrypted archive ({member.name})",
+                detail,
+                "Encrypted_Archive",
+            )
+        if blockkinds and member.head:
+            kind = filetypes.content_kind(member.head, attachment=True)
+            if kind and kind[0] in blockkinds:
+                return _refuse(
+                    f"attachment {label}: archive member {member.name}: {kind[1]}", detail
+                )
+        if member.file >= 0 and _wants_whole(member.head):
+            whole = _judge_whole(member.file, member.head, settings, blockkinds)
+            if whole:
+                reason = f"attachment {label}: archive member {member.name}: {whole[1]}"
+                return _refuse(reason, f"{detail}: {whole[0]}")
+        if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
+            return _refuse(f"attachment {label}: Java archive", detail)
+    notes.extend(budget.exceeded)
+    return None
+
+
+def _judge_page(
+    part: Part,
+    settings: Settings,
+    blockkinds: frozenset[str],
+    label: str,
+    detail: str,
+    notes: list[str],
+) -> Finding | None:
+    """An HTML or SVG page: the files it carries for a browser to build (smuggling.py),
+    judged as attachments are: by the name the page gives them, by their content's kind,
+    and a zip's members as far as its first 40 KB show them."""
+    from qqfilter.checks.mime import archives, filetypes, smuggling
+    from qqfilter.spool import anonymous_file, write_all
+
+    if _too_large(part, settings, label, "page", notes):
+        return None
+    blockext = settings[BLOCKEXT]
+    directory = settings[SPOOLDIR]
+    cut: list[str] = []
     fd = archives.decode_part(part, directory)
     try:
-        outer = part.name or f"({found})"
-        for member in archives.members(fd, outer, budget, directory, whole=_wants_whole):
-            for name in member.names if blockext else ():  # any name a reader may show
-                why = filetypes.name_problem(name, blockext)
-                if why:
-                    return _refuse(f"attachment {label}: archive member {name}: {why}", detail)
-            if member.encrypted and refuse_encrypted:
-                return _refuse(
-                    f"attachment {label}: encrypted archive ({member.name})",
-                    detail,
-                    "Encrypted_Archive",
-                )
-            if blockkinds and member.head:
-                kind = filetypes.content_kind(member.head, attachment=True)
-                if kind and kind[0] in blockkinds:
-                    return _refuse(
-                        f"attachment {label}: archive member {member.name}: {kind[1]}", detail
-                    )
-            if member.file >= 0 and _wants_whole(member.head):
-                whole = _judge_whole(member.file, member.head, settings, blockkinds)
-                if whole:
-                    reason = f"attachment {label}: archive member {member.name}: {whole[1]}"
-                    return _refuse(reason, f"{detail}: {whole[0]}")
-            if member.name.endswith("META-INF/MANIFEST.MF") and "java" in blockkinds:
-                return _refuse(f"attachment {label}: Java archive", detail)
+        for carried, head in smuggling.blobs(fd, cut):
+            what = f"attachment {label}: a file carried in the page ({carried})"
+            why = filetypes.name_problem(carried, blockext) if blockext else ""
+            if why:
+                return _refuse(f"{what}: {why}", detail)
+            kind = filetypes.content_kind(head, attachment=True) if head else None
+            if kind and kind[0] in blockkinds:
+                return _refuse(f"{what}: {kind[1]}", f"{detail}: {kind[0]}")
+            if not (head and settings[ARCHIVEDEPTH] and archives.sniff(head)):
+                continue
+            blob = anonymous_file(directory)  # its head: a zip's first members show in it
+            try:
+                write_all(blob, head, directory)
+                os.lseek(blob, 0, os.SEEK_SET)
+                found = _judge_members(blob, carried, settings, blockkinds, label, detail, notes)
+            finally:
+                os.close(blob)
+            if found:
+                return found
     finally:
         os.close(fd)
-    notes.extend(budget.exceeded)
+    notes.extend(f"{label}: {why}" for why in cut)
     return None
 
 
