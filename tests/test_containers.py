@@ -447,15 +447,30 @@ def test_binhex_inline_in_a_text_part_is_opened(qq):
     assert "report.pdf: DOS/Windows executable" in out.field("reason")
 
 
-def test_an_arj_member_compressed_is_judged_by_name_and_noted(qq):
-    archive = arj((("report.pdf", PE * 20), ("run.exe", TEXT * 20)), method="-m1")
+@pytest.mark.parametrize("method", ["-m1", "-m2", "-m3"])
+def test_arj_members_in_its_lzh_methods_are_decompressed(qq, method):
+    """arj's default method (1) and 2-3 are LHA's -lh7- coding: read through libarchive."""
+    archive = arj((("notes.txt", TEXT * 200), ("report.pdf", PE * 20)), method=method)
+    out = qq.submit(mime(TEXT_PART, attachment(archive, b"files.arj")), ENV)
+    assert_clean_failure(out, 31)
+    assert "files.arj/report.pdf: DOS/Windows executable" in out.field("reason")
+    clean = arj((("notes.txt", TEXT * 200), ("report.pdf", PDF)), method=method)
+    message = mime(TEXT_PART, attachment(clean, b"files.arj"))
+    out = qq.submit(message, ENV)
+    assert out.returncode == 0, out.stderr
+    assert out.field("notes") is None
+    assert out.message.endswith(message)
+
+
+def test_an_arj_member_in_method_4_is_judged_by_name_and_noted(qq):
+    archive = arj((("report.pdf", PE * 20), ("run.exe", TEXT * 20)), method="-m4")
     out = qq.submit(mime(TEXT_PART, attachment(archive, b"files.arj")), ENV)
     assert_clean_failure(out, 31)
     assert "files.arj/run.exe: blocked file name extension .exe" in out.field("reason")
-    clean = arj((("report.pdf", PE * 20),), method="-m1")
+    clean = arj((("report.pdf", PE * 20),), method="-m4")
     out = qq.submit(mime(TEXT_PART, attachment(clean, b"files.arj")), ENV)
     assert out.returncode == 0, out.stderr
-    assert "ARJ compression method 1 is not read" in out.field("notes")
+    assert "ARJ compression method 4 is not read" in out.field("notes")
 
 
 def test_encrypted_7z_headers_are_an_encrypted_member(qq):
@@ -644,3 +659,11 @@ def test_a_compressed_file_is_judged_by_the_name_it_is_saved_under(qq, command):
     out = qq.submit(mime(TEXT_PART, attachment(data, b"invoice.exe" + suffix.encode())), ENV)
     assert_clean_failure(out, 31)
     assert f"archive member invoice.exe{suffix}/invoice.exe" in out.field("reason")
+
+
+def test_an_arj_bomb_in_its_lzh_method_costs_bounded_memory(qq):
+    archive = arj((("zeros.bin", b"\0" * (48 << 20)), ("report.pdf", PE)), method="-m1")
+    assert len(archive) < 2 << 20
+    out = qq.submit(mime(TEXT_PART, attachment(archive, b"files.arj")), ENV, measure=True)
+    assert_clean_failure(out, 31)
+    assert out.peak_kib < 64 * 1024

@@ -3,9 +3,12 @@
 libarchive has no ARJ reader (3.6.2 lists none), so the headers are walked here: the main
 header, then one local header per member (0x60 0xEA, a basic header of at most 2,600 bytes
 with its CRC, extended headers), each followed by the member's compressed data, which is
-skipped by its declared size. A member stored (method 0) is read in blocks; one compressed
-with ARJ's methods 1-4 is named as unread: judged by name, and noted. A garbled (password)
-member is encrypted.
+skipped by its declared size. A member stored (method 0) is read in blocks. ARJ's methods
+1-3 (what ``arj a`` writes by default) are the LZH coding LHA's -lh7- method uses (static
+Huffman blocks, the same code tables and match lengths; ARJ's 26 KB window fits in -lh7-'s
+64 KB): such a member's data is given to libarchive behind an LHA header of our making, in a
+file without a name (memfd), up to MAX_LZH compressed bytes. Method 4 (ARJ's "fastest") is
+named as unread: judged by name, and noted. A garbled (password) member is encrypted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ if TYPE_CHECKING:
     from typing import BinaryIO
 
 MARK = b"\x60\xea"
+MAX_LZH = 16 << 20
+"""Compressed bytes of one member given to libarchive at most (it is copied to read it)."""
 MAX_HEADER = 2600
 CHUNK = 1 << 18
 _GARBLED, _DIRECTORY, _COMMENT_HEADER = 0x01, 3, 2
@@ -52,13 +57,18 @@ def entries(stream: BinaryIO, size: int) -> Iterator[Entry]:
         if kind == _DIRECTORY:
             continue
         encrypted = bool(flags & _GARBLED)
-        unread = "" if method == 0 or encrypted else f"ARJ compression method {method} is not read"
+        read = _reader(stream, data_at, min(compressed, original))
+        unread = ""
+        if method in (1, 2, 3) and compressed <= MAX_LZH:
+            read = _lzh_reader(stream, data_at, compressed, original)
+        elif method and not encrypted:
+            unread = f"ARJ compression method {method} is not read"
         yield Entry(
             (name or "(unnamed)",),
             encrypted=encrypted,
             size=original,
             unread=unread,
-            read=_reader(stream, data_at, min(compressed, original)),
+            read=read,
         )
 
 
@@ -104,5 +114,39 @@ def _reader(stream: BinaryIO, at: int, length: int) -> Callable[[int], Iterator[
             position += len(data)
             remaining -= len(data)
             yield data
+
+    return read
+
+
+def _lzh_reader(
+    stream: BinaryIO, at: int, compressed: int, original: int
+) -> Callable[[int], Iterator[bytes]]:
+    """A member in ARJ's methods 1-3, read by libarchive as an LHA -lh7- member: a level-0
+    LHA header (its CRC-16 cannot be known: libarchive's check of it at the member's end is
+    a warning, after the data) and the member's compressed bytes, in a memfd."""
+
+    def read(limit: int) -> Iterator[bytes]:
+        import os
+
+        from qqfilter.checks.mime import containers
+
+        name = b"member"
+        fields = b"-lh7-" + struct.pack("<LLLBBB", compressed, original, 0, 0x20, 0, len(name))
+        fields += name + b"\0\0"  # the CRC-16 of the data: not known
+        header = bytes([len(fields), sum(fields) & 0xFF]) + fields
+        fd = os.memfd_create("qqfilter-arj", os.MFD_CLOEXEC)
+        try:
+            with os.fdopen(os.dup(fd), "w+b") as lha:
+                lha.write(header)
+                for chunk in _reader(stream, at, compressed)(compressed):
+                    lha.write(chunk)
+                lha.write(b"\0")  # LHA's end mark
+                lha.flush()
+                size = lha.tell()
+                for entry in containers.entries(lha, size):
+                    yield from entry.read(limit)
+                    return
+        finally:
+            os.close(fd)
 
     return read

@@ -135,20 +135,30 @@ def _walk(ffi: Any, error: type[Exception], archive: int, raw_name: str) -> Iter
 def _reader(
     ffi: Any, error: type[Exception], archive: int, buffer: Any, current: list[int]
 ) -> Callable[[int], Iterator[bytes]]:
+    """The member's bytes, a block at a time as libarchive decodes them (read_data_block: a
+    warning that comes with the last block, like LHA's CRC check, does not lose the block,
+    as read_data would), at most ``limit`` in all."""
+    from ctypes import byref, c_longlong, c_size_t, c_void_p, string_at
+
     mine = current[0]
 
     def read(limit: int) -> Iterator[bytes]:
+        block, length, offset = c_void_p(), c_size_t(), c_longlong()
         while limit > 0:
             if current[0] != mine:
                 raise ValueError("read after the next member was asked for")
             try:
-                got = ffi.read_data(archive, buffer, min(BLOCK, limit))
+                got = ffi.read_data_block(archive, byref(block), byref(length), byref(offset))
             except error as exc:
                 raise ValueError(_message(exc)) from None
-            if got <= 0:
+            if got == 1:  # ARCHIVE_EOF
                 return
-            limit -= got
-            yield buffer.raw[:got]
+            if length.value and block.value:
+                data = string_at(block.value, min(length.value, limit))
+                limit -= len(data)
+                yield data
+            if got < 0:  # a warning: what came with it is given, the member ends here
+                return
 
     return read
 
