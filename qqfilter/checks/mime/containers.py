@@ -84,10 +84,9 @@ def entries(stream: BinaryIO, size: int) -> Iterator[Entry]:
 
 
 def _walk(ffi: Any, error: type[Exception], archive: int, raw_name: str) -> Iterator[Entry]:
-    from ctypes import byref, c_longlong, c_size_t, c_void_p, create_string_buffer
+    from ctypes import byref, c_longlong, c_size_t, c_void_p
 
     entry = ffi.entry_new()
-    buffer = create_string_buffer(BLOCK)
     skipped = 0
     current = [0]  # the entry a read() belongs to: reads are valid until the next one
     try:
@@ -110,7 +109,7 @@ def _walk(ffi: Any, error: type[Exception], archive: int, raw_name: str) -> Iter
                 encrypted=bool(ffi.entry_is_encrypted(entry)),
                 size=declared,
                 unread="",
-                read=_reader(ffi, error, archive, buffer, current),
+                read=_reader(ffi, error, archive, current),
             )
             # the member's rest, decompressed to reach the next one: counted, not kept
             block, length, offset = c_void_p(), c_size_t(), c_longlong()
@@ -133,7 +132,7 @@ def _walk(ffi: Any, error: type[Exception], archive: int, raw_name: str) -> Iter
 
 
 def _reader(
-    ffi: Any, error: type[Exception], archive: int, buffer: Any, current: list[int]
+    ffi: Any, error: type[Exception], archive: int, current: list[int]
 ) -> Callable[[int], Iterator[bytes]]:
     """The member's bytes, a block at a time as libarchive decodes them (read_data_block: a
     warning that comes with the last block, like LHA's CRC check, does not lose the block,
