@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 BLOCK = 1 << 18
-"""Bytes read from libarchive at a time (the chunks ``Entry.read`` yields)."""
+"""Bytes libarchive reads from the file at a time."""
 MAX_SKIP = 256 << 20
 """Bytes decompressed to reach the next member, at most, per container."""
 COMPRESSED = ("gzip", "bzip2", "xz", "lzma", "lzip", "zstd", "compress")
