@@ -350,6 +350,28 @@ def _expand(
     return fd
 
 
+CHUNK = 1 << 18
+"""Bytes of a stored member read at a time."""
+
+
+def stored(stream: BinaryIO, at: int, length: int, what: str) -> Callable[[int], Iterator[bytes]]:
+    """``Entry.read`` for a member kept as it is in the container: ``length`` bytes of
+    ``stream`` from ``at``, CHUNK at a time; EOFError naming ``what`` if the file ends first."""
+
+    def read(limit: int) -> Iterator[bytes]:
+        position, remaining = at, min(length, limit)
+        while remaining > 0:
+            stream.seek(position)
+            data = stream.read(min(CHUNK, remaining))
+            if not data:
+                raise EOFError(f"{what} cut short")
+            position += len(data)
+            remaining -= len(data)
+            yield data
+
+    return read
+
+
 def _reader(found: str) -> Reader:
     if found == "zip":
         return entries

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from qqfilter.checks.mime.archives import Entry
+from qqfilter.checks.mime.archives import Entry, stored
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ MARK = b"\x60\xea"
 MAX_LZH = 16 << 20
 """Compressed bytes of one member given to libarchive at most (it is copied to read it)."""
 MAX_HEADER = 2600
-CHUNK = 1 << 18
 _GARBLED, _DIRECTORY, _COMMENT_HEADER = 0x01, 3, 2
 
 
@@ -57,7 +56,7 @@ def entries(stream: BinaryIO, size: int) -> Iterator[Entry]:
         if kind == _DIRECTORY:
             continue
         encrypted = bool(flags & _GARBLED)
-        read = _reader(stream, data_at, min(compressed, original))
+        read = stored(stream, data_at, min(compressed, original), "ARJ member")
         unread = ""
         if method in (1, 2, 3) and compressed <= MAX_LZH:
             read = _lzh_reader(stream, data_at, compressed, original)
@@ -103,21 +102,6 @@ def _header(stream: BinaryIO, position: int) -> tuple[bytes, int] | None:
         at += extended + 4
 
 
-def _reader(stream: BinaryIO, at: int, length: int) -> Callable[[int], Iterator[bytes]]:
-    def read(limit: int) -> Iterator[bytes]:
-        position, remaining = at, min(length, limit)
-        while remaining > 0:
-            stream.seek(position)
-            data = stream.read(min(CHUNK, remaining))
-            if not data:
-                raise EOFError("ARJ member cut short")
-            position += len(data)
-            remaining -= len(data)
-            yield data
-
-    return read
-
-
 def _lzh_reader(
     stream: BinaryIO, at: int, compressed: int, original: int
 ) -> Callable[[int], Iterator[bytes]]:
@@ -138,7 +122,7 @@ def _lzh_reader(
         try:
             with os.fdopen(os.dup(fd), "w+b") as lha:
                 lha.write(header)
-                for chunk in _reader(stream, at, compressed)(compressed):
+                for chunk in stored(stream, at, compressed, "ARJ member")(compressed):
                     lha.write(chunk)
                 lha.write(b"\0")  # LHA's end mark
                 lha.flush()

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import struct
 
-from qqfilter.checks.mime.archives import Entry
+from qqfilter.checks.mime.archives import Entry, stored
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Iterator
     from typing import BinaryIO
 
 SIGNATURE = b"\x78\x9f\x3e\x22"
-CHUNK = 1 << 18
 MAX_NESTING = 4
 """Attached messages inside attached messages, looked into at most this deep."""
 MAX_PROPERTIES = 10_000
@@ -137,7 +136,11 @@ def _members(
     if attachment.data is not None or attachment.nested is None:
         at, length = attachment.data or (0, 0)
         yield Entry(
-            names, encrypted=False, size=length, unread="", read=_reader(stream, at, length)
+            names,
+            encrypted=False,
+            size=length,
+            unread="",
+            read=stored(stream, at, length, "TNEF attachment"),
         )
     if attachment.nested is not None:
         at, length = attachment.nested
@@ -147,7 +150,7 @@ def _members(
                 encrypted=False,
                 size=length,
                 unread=f"attached messages nested deeper than {MAX_NESTING}",
-                read=_reader(stream, at, 0),
+                read=stored(stream, at, 0, "TNEF attachment"),
             )
             return
         yield from _stream(stream, at, at + length, names[0] + "/", depth + 1)
@@ -201,21 +204,6 @@ def _value(
         attachment.nested = (at + 16, length - 16)
     elif tag == _DATA_OBJECT and attachment.data is None:
         attachment.data = (at, length)
-
-
-def _reader(stream: BinaryIO, at: int, length: int) -> Callable[[int], Iterator[bytes]]:
-    def read(limit: int) -> Iterator[bytes]:
-        position, remaining = at, min(length, limit)
-        while remaining > 0:
-            stream.seek(position)
-            data = stream.read(min(CHUNK, remaining))
-            if not data:
-                raise EOFError("TNEF attachment cut short")
-            position += len(data)
-            remaining -= len(data)
-            yield data
-
-    return read
 
 
 def _read(stream: BinaryIO, at: int, count: int) -> bytes:
