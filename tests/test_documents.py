@@ -51,7 +51,7 @@ def descriptor(data: bytes):
 
 
 def office_problem(data: bytes, macros: str = "autoexec"):
-    assert office.wants(data[:4096])
+    assert filetypes.office_document(data[:4096])
     with descriptor(data) as fd:
         os.lseek(fd, 7, os.SEEK_SET)
         found = office.problem(fd, data[:4096], macros)
@@ -60,7 +60,7 @@ def office_problem(data: bytes, macros: str = "autoexec"):
 
 
 def pdf_problem(data: bytes, pdfjs: str = "accept"):
-    assert pdf.wants(data[:1024])
+    assert filetypes.pdf_document(data[:1024])
     with descriptor(data) as fd:
         os.lseek(fd, 7, os.SEEK_SET)
         found = pdf.problem(fd, data[:1024], pdfjs)
@@ -170,7 +170,7 @@ def cfb(streams: dict[str, bytes], root_clsid: bytes = b"\0" * 16) -> bytes:
     for i in range(fat_count):
         sectors.append(table[i * 512 : (i + 1) * 512])
     difat = [fat_start + i for i in range(fat_count)] + [FREE] * (109 - fat_count)
-    header = office.OLE2_MAGIC + b"\0" * 16
+    header = filetypes.OLE2_MAGIC + b"\0" * 16
     header += struct.pack("<HHHHH6x", 0x3E, 3, 0xFFFE, 9, 6)
     header += struct.pack(
         "<9I", 0, fat_count, directory_start, 0, 4096, minifat_start, minifat_count, END, 0
@@ -684,9 +684,9 @@ def test_a_zlib_bomb_in_an_object_stream_is_bounded():
 
 def test_junk_before_the_header_is_still_a_pdf():
     data = pdf_file(catalog(b"/OpenAction << /S /Launch >>"), *PAGES, junk=b"\x89junk" * 100)
-    assert pdf.wants(data[:1024])
+    assert filetypes.pdf_document(data[:1024])
     assert pdf_problem(data) == ("script", "PDF with a /Launch action")
-    assert not pdf.wants(b"\0" * 1100 + b"%PDF-1.4")
+    assert not filetypes.pdf_document(b"\0" * 1100 + b"%PDF-1.4")
 
 
 # --- properties: hostile bytes never raise out, and stay bounded in time ---
@@ -727,7 +727,7 @@ def test_office_never_raises_on_mutated_documents(which, edits, cut, macros):
 
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
-@given(st.sampled_from([office.OLE2_MAGIC, b"{\\rtf1", b"{\\rt"]), st.binary(max_size=5000))
+@given(st.sampled_from([filetypes.OLE2_MAGIC, b"{\\rtf1", b"{\\rt"]), st.binary(max_size=5000))
 def test_office_never_raises_on_arbitrary_bytes(magic, tail):
     data = magic + tail
     with descriptor(data) as fd:

@@ -115,7 +115,7 @@ def chunks(text: str, size: int) -> list[str]:
     ],
 )
 def test_html_and_svg_are_wanted(head):
-    assert smuggling.wants(head)
+    assert filetypes.page(head)
 
 
 @pytest.mark.parametrize(
@@ -130,7 +130,7 @@ def test_html_and_svg_are_wanted(head):
     ],
 )
 def test_other_files_are_not(head):
-    assert not smuggling.wants(head)
+    assert not filetypes.page(head)
 
 
 # -- data: URIs -------------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_an_svg_with_a_script_that_builds_the_file():
     link.click();
   ]]></script>
 </svg>"""
-    assert smuggling.wants(page.encode()[:1024])
+    assert filetypes.page(page.encode()[:1024])
     found = kinds(scan(page))
     assert [kind for _, kind in found] == ["windows", None]
     assert found[1][0] == "scan.js"
@@ -324,7 +324,7 @@ def test_a_utf16_page():
         ("\ufeff" + page).encode("utf-16-be"),
         ("\u4e2d\u6587 " + page).encode("utf-16-le"),  # characters past latin-1 read as junk
     ):
-        assert smuggling.wants(encoded[:1024])
+        assert filetypes.page(encoded[:1024])
         assert kinds(scan(encoded)) == [("r\u00e9sum\u00e9.exe", "windows")]
 
 
@@ -431,14 +431,14 @@ def test_blobs_never_raises_on_pages_made_of_its_own_tokens(parts):
     found = scan(page)
     assert len(found) <= smuggling.MAX_BLOBS
     assert all(isinstance(label, str) and len(head) <= HEAD for label, head in found)
-    smuggling.wants(page)
+    filetypes.page(page)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=4096))
 def test_blobs_never_raises_on_arbitrary_bytes(data):
     scan(data)
-    smuggling.wants(data)
+    filetypes.page(data)
 
 
 ADVERSARIAL = {

@@ -253,7 +253,7 @@ def _judge_part(
     why = rules.bad_loader(part.spool, part) if rules else ""
     if why:
         return _refuse(f"attachment {label}: {why}", detail, "Bad_Loader")
-    if _is_page(part.head):
+    if filetypes.page(part.head):
         page = _judge_page(part, settings, blockkinds, label, detail, notes)
         if page:
             return page
@@ -266,18 +266,11 @@ def _judge_part(
     return None
 
 
-def _is_page(head: bytes) -> bool:
-    """Is this an HTML or SVG page, which may carry files (smuggling.py)?"""
-    from qqfilter.checks.mime import smuggling
-
-    return smuggling.wants(head)
-
-
 def _wants_whole(head: bytes) -> bool:
     """Is this a document judged by its whole file (office.py: OLE2 and RTF; pdf.py)?"""
-    from qqfilter.checks.mime import office, pdf
+    from qqfilter.checks.mime import filetypes
 
-    return office.wants(head) or pdf.wants(head)
+    return filetypes.office_document(head) or filetypes.pdf_document(head)
 
 
 def _judge_whole_part(
@@ -306,11 +299,11 @@ def _judge_whole(
     from qqfilter.checks.mime import filetypes, office, pdf
 
     blockext = settings[BLOCKEXT]
-    if office.wants(head):
+    if filetypes.office_document(head):
         found = office.problem(fd, head, settings[MACROS], blockext)
         if found and (found[0] in ("macro", "extension") or found[0] in blockkinds):
             return found
-    if pdf.wants(head):
+    if filetypes.pdf_document(head):
         found = pdf.problem(fd, head, settings[PDFJS])
         if found:
             return found

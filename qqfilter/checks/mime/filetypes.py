@@ -122,3 +122,55 @@ def name_problem(name: str, blocked: frozenset[str]) -> str:
     if extension in blocked:
         return f"blocked file name extension .{extension}"
     return ""
+
+
+# Files judged whole (documents) or read for what they carry (pages): told here, from the
+# head, so that the modules that read them (office.py, pdf.py, smuggling.py) are imported
+# only for the messages that have such a file.
+
+OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+RTF_MAGIC = b"{\\rt"  # Word opens {\rt as RTF, as rtfobj knows
+_MARKUP = re.compile(
+    rb"<(?:!doctype\s++html|html|svg|script|head|body|meta|iframe|title|style|div|form|img|a)"
+    rb"[\s>/:]"
+)
+
+
+def office_document(head: bytes) -> bool:
+    """An OLE2 compound file or RTF (office.py reads them whole)."""
+    return head.startswith(OLE2_MAGIC) or head.startswith(RTF_MAGIC)
+
+
+def pdf_document(head: bytes) -> bool:
+    """A PDF: ``%PDF-`` within the first 1024 bytes, as readers accept junk before it."""
+    return b"%PDF-" in head[:1024]
+
+
+def page(head: bytes) -> bool:
+    """An HTML or SVG page (smuggling.py reads what it carries). Leniently: ``<html``,
+    ``<!doctype html``, ``<svg``, ``<script`` (or ``<head``, ``<body``, ``<meta``,
+    ``<iframe``, ...) in its first KB, in any case, after a byte-order mark and white space;
+    also in UTF-16, with or without a byte-order mark."""
+    codec, skip = utf16_form(head)
+    if codec:
+        text = head[skip : skip + 2048].decode(codec, "replace").encode("latin-1", "replace")
+    else:
+        text = head.removeprefix(b"\xef\xbb\xbf")
+    return bool(_MARKUP.search(text.lstrip()[:1024].lower()))
+
+
+def utf16_form(head: bytes) -> tuple[str, int]:
+    """("utf-16-le" or "utf-16-be", byte-order mark length) when ``head`` is UTF-16 text
+    (by its mark, or by the zero bytes of ASCII text in it), else ("", 0)."""
+    if head.startswith(b"\xff\xfe"):
+        return "utf-16-le", 2
+    if head.startswith(b"\xfe\xff"):
+        return "utf-16-be", 2
+    sample = head[:512]
+    if len(sample) >= 8:
+        even, odd = sample[0::2], sample[1::2]
+        if odd.count(0) * 10 >= len(odd) * 9 and even.count(0) * 10 < len(even):
+            return "utf-16-le", 0
+        if even.count(0) * 10 >= len(even) * 9 and odd.count(0) * 10 < len(odd):
+            return "utf-16-be", 0
+    return "", 0

@@ -1,8 +1,9 @@
 """Office documents that run code: VBA and Excel 4 macros, Windows Installer packages dressed
 as documents, and executables packed into OLE objects (OLE2 files and RTF).
 
-Two pure functions the attachment check calls on a part (or an archive member, such as an
-OOXML document's ``vbaProject.bin``) whose first bytes ``wants``: ``problem`` gets a
+A pure function the attachment check calls on a part (or an archive member, such as an
+OOXML document's ``vbaProject.bin``) whose first bytes ``filetypes.office_document`` calls
+OLE2 or RTF (told there, so this module is imported only then): ``problem`` gets a
 descriptor of the whole decoded file and returns ``(kind, reason)`` or None. The shape follows
 from the queue path's rules: nothing here runs unless the head says OLE2 or RTF, so the
 libraries load only then (olefile ~15 ms; olevba ~180 ms only when a VBA storage is there);
@@ -25,6 +26,7 @@ import os
 import re
 import struct
 
+from qqfilter.checks.mime.filetypes import OLE2_MAGIC, RTF_MAGIC
 from qqfilter.checks.mime.kinds import BLOCKED_EXTENSIONS
 
 TYPE_CHECKING = False
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
     from typing import Any
 
-OLE2_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
-RTF_MAGIC = b"{\\rt"  # Word opens {\rt as RTF, as rtfobj knows
 MAX_FILE = 50_000_000
 """Files larger than this are not looked into (None): no document mail carries is that big."""
 MAX_STREAM = 16_000_000
@@ -66,11 +66,6 @@ _OPEN_EVENTS = re.compile(r"_(?:Painted|Painting|GotFocus|Layout|Resize)$", re.I
 """olevba's ActiveX event names that fire as the document opens (InkPicture1_Painted,
 Frame1_Layout, ...). Its other event names (_Click, _Change, _MouseMove, ...) wait for the
 user, so "autoexec" does not count them."""
-
-
-def wants(head: bytes) -> bool:
-    """Does this file need the whole-file look: an OLE2 compound file or RTF?"""
-    return head.startswith(OLE2_MAGIC) or head.startswith(RTF_MAGIC)
 
 
 def problem(

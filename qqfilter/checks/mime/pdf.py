@@ -1,7 +1,8 @@
 """PDFs that run code: a /Launch action, JavaScript, and the files a PDF carries inside.
 
-Three pure functions the attachment check calls on a part (or an archive member) whose head
-``wants``: ``problem`` says whether the PDF launches a program (always refused) or holds
+Two pure functions the attachment check calls on a part (or an archive member) whose head
+``filetypes.pdf_document`` calls a PDF (told there, so this module is imported only then):
+``problem`` says whether the PDF launches a program (always refused) or holds
 JavaScript (refused when the setting says so); ``embedded`` yields each embedded file's name
 and decoded first bytes, so the check judges them with its own name and content rules, as it
 judges any part.
@@ -101,11 +102,6 @@ def _rx() -> _Patterns:
     if not _compiled:
         _compiled.append(_Patterns())
     return _compiled[0]
-
-
-def wants(head: bytes) -> bool:
-    """Is this a PDF? ``%PDF-`` within the first 1024 bytes, as readers accept junk before."""
-    return b"%PDF-" in head[:1024]
 
 
 def problem(fd: int, head: bytes, pdfjs: str) -> tuple[str, str] | None:

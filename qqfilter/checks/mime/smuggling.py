@@ -7,8 +7,10 @@ file as text and the browser builds it when the page is opened. The file is a ``
 long base64 string that a script decodes (``atob``) into a ``new Blob(...)`` and saves
 (``msSaveOrOpenBlob``, ``URL.createObjectURL`` and a click on an ``<a download>``), often
 split into string literals joined with ``+`` or kept in an array. ``blobs`` yields each such
-file as (label, decoded head); the caller judges the head with ``filetypes.content_kind`` and
-the label with ``filetypes.name_problem``, as it judges an attachment.
+file as (label, decoded head) of a page ``filetypes.page`` recognised (told there, so this
+module and its patterns are loaded only for pages); the caller judges the head with
+``filetypes.content_kind`` and the label with ``filetypes.name_problem``, as it judges an
+attachment.
 
 The shape follows walk.py's rules, since the page is hostile input: the file is read through
 one window (WINDOW bytes, ``os.pread``) that moves forward. Each kind of candidate (a
@@ -39,6 +41,7 @@ from __future__ import annotations
 import os
 import re
 
+from qqfilter.checks.mime.filetypes import utf16_form
 from qqfilter.checks.mime.walk import HEAD, clean_base64, decode_base64
 
 TYPE_CHECKING = False
@@ -166,24 +169,7 @@ _TAG_DOWNLOAD = re.compile(
     rb"(?<![\w.$\-])download\s*+=\s*+(?:([\"'])([^\"'<>\r\n]{1,255}+)\1|([^\s\"'<>=]{1,255}+))",
     re.IGNORECASE,
 )
-_MARKUP = re.compile(
-    rb"<(?:!doctype\s++html|html|svg|script|head|body|meta|iframe|title|style|div|form|img|a)"
-    rb"[\s>/:]"
-)
 _NONZERO = bytes([0]) + bytes([255]) * 255
-
-
-def wants(head: bytes) -> bool:
-    """Is ``head`` (a file's first bytes) an HTML or SVG page? Leniently: ``<html``,
-    ``<!doctype html``, ``<svg``, ``<script`` (or ``<head``, ``<body``, ``<meta``,
-    ``<iframe``) in its first KB, in any case, after a byte-order mark and white space;
-    also in UTF-16, with or without a byte-order mark."""
-    codec, skip = _utf16(head)
-    if codec:
-        text = head[skip : skip + 2048].decode(codec, "replace").encode("latin-1", "replace")
-    else:
-        text = head.removeprefix(b"\xef\xbb\xbf")
-    return bool(_MARKUP.search(text.lstrip()[:1024].lower()))
 
 
 def blobs(fd: int, notes: list[str] | None = None) -> Iterator[tuple[str, bytes]]:
@@ -222,7 +208,7 @@ class _Scan:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         size = os.fstat(fd).st_size
-        self.wide, self.offset = _utf16(os.pread(fd, 512, 0))
+        self.wide, self.offset = utf16_form(os.pread(fd, 512, 0))
         usable = min(size, MAX_SCAN)
         self.limit = (usable - self.offset) // 2 if self.wide else usable
         self.notes: list[str] = []
@@ -528,20 +514,3 @@ def _text(raw: bytes) -> str:
         return raw.decode("utf-8").strip()
     except UnicodeDecodeError:
         return raw.decode("latin-1").strip()
-
-
-def _utf16(head: bytes) -> tuple[str, int]:
-    """("utf-16-le" or "utf-16-be", byte-order mark length) when ``head`` is UTF-16 text
-    (by its mark, or by the zero bytes of ASCII text in it), else ("", 0)."""
-    if head.startswith(b"\xff\xfe"):
-        return "utf-16-le", 2
-    if head.startswith(b"\xfe\xff"):
-        return "utf-16-be", 2
-    sample = head[:512]
-    if len(sample) >= 8:
-        even, odd = sample[0::2], sample[1::2]
-        if odd.count(0) * 10 >= len(odd) * 9 and even.count(0) * 10 < len(even):
-            return "utf-16-le", 0
-        if even.count(0) * 10 >= len(even) * 9 and odd.count(0) * 10 < len(odd):
-            return "utf-16-be", 0
-    return "", 0
