@@ -1,16 +1,22 @@
 """Attachments (the check ``mime``): executables and scripts refused by content and by name,
-in any wrapping.
+in any wrapping, archive or document.
 
 One streaming MIME walk; for each leaf part, in order of cost: s/qmail's WarLord signature
-(BADMIMETYPE), the declared file name, the decoded head's kind of content, WarLord's loader
-fragments (BADLOADERTYPE, a scan of the whole base64 body), and for zip archives the same name
-and content tests on every member. The first failure refuses the message, category
+(BADMIMETYPE), every file name a client may use, the decoded head's kind of content,
+WarLord's loader fragments (BADLOADERTYPE, a scan of the whole base64 body); then, told from
+the head, what needs the whole decoded file: an HTML or SVG page's smuggled files, a
+document that runs code (Office macros, packed executables, PDF actions and embedded files),
+and a container's members (zip, 7z, rar, cab, tar, ISO, TNEF, ...: names, kinds, documents,
+encryption, containers inside). The first failure refuses the message, category
 "attachment" (31, or 34 with QQF_CODES=sqmail); the reason names the part and the file.
 A MIME structure past the limits cannot be checked, and is refused as such; what archive
 budgets stopped is noted in the log line.
 
-Its helpers: walk.py (the streaming MIME walk), archives.py (inside zips), filetypes.py (what a
-file's bytes and name say it is), kinds.py (the default lists), warlord.py (s/qmail's tests).
+Its helpers: walk.py (the streaming MIME walk), names.py (file names), filetypes.py (what a
+file's bytes and name say it is), kinds.py (the default lists), warlord.py (s/qmail's
+tests), archives.py (the archive layer) with its readers (zipread.py, containers.py, arj.py,
+tnef.py, binhex.py), office.py and pdf.py (documents), smuggling.py (pages). Each is imported
+when a part needs it: filetypes tells which from the head.
 """
 
 from __future__ import annotations
@@ -189,7 +195,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # the helpers are imported when a message is walked, not at start-up
     from qqfilter.checks.mime.walk import Part
     from qqfilter.checks.mime.warlord import Rules
-    from qqfilter.spool import Spool
 
 
 def check(message: Message, settings: Settings) -> Finding | None:
@@ -215,7 +220,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
     )
     notes: list[str] = []
     for part in walk:
-        found = _judge_part(spool, part, settings, blockkinds, rules, notes)
+        found = _judge_part(part, settings, blockkinds, rules, notes)
         if found:
             return found
     if walk.limits:
@@ -227,7 +232,6 @@ def check(message: Message, settings: Settings) -> Finding | None:
 
 
 def _judge_part(
-    spool: Spool,
     part: Part,
     settings: Settings,
     blockkinds: frozenset[str],
@@ -258,7 +262,7 @@ def _judge_part(
         if page:
             return page
     if _wants_whole(part.head):
-        found = _judge_whole_part(part, settings, blockkinds, notes)
+        found = _judge_whole_part(part, settings, blockkinds, label, notes)
         if found:
             return _refuse(f"attachment {label}: {found[1]}", f"{detail}: {found[0]}")
     if settings[ARCHIVEDEPTH]:
@@ -274,12 +278,11 @@ def _wants_whole(head: bytes) -> bool:
 
 
 def _judge_whole_part(
-    part: Part, settings: Settings, blockkinds: frozenset[str], notes: list[str]
+    part: Part, settings: Settings, blockkinds: frozenset[str], label: str, notes: list[str]
 ) -> tuple[str, str] | None:
     """The part decoded into a nameless file and judged whole (a document that runs code)."""
     from qqfilter.checks.mime import archives
 
-    label = f'"{part.name}"' if part.name else f"part {part.path}"
     if _too_large(part, settings, label, "document", notes):
         return None
     fd = archives.decode_part(part, settings[SPOOLDIR])
