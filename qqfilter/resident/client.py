@@ -178,8 +178,10 @@ def _carry_out(data: bytes, ancillary: list[tuple[int, int, bytes]]) -> int:
 
 
 def _words(exc: OSError) -> str:
-    """exitcodes.describe's words, without importing it on every message."""
-    return exc.strerror or str(exc) or type(exc).__name__
+    """exitcodes.describe's words, that module imported only on this failure path."""
+    from qqfilter.exitcodes import describe
+
+    return describe(exc)
 
 
 def _fail(reason: str) -> int:
