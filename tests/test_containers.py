@@ -26,6 +26,8 @@ from pathlib import Path
 import pytest
 from clamav import TEXT_PART, mime
 from conftest import assert_clean_failure, envelope
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
 
@@ -93,6 +95,7 @@ def iso(*options: str):
             tree = Path(scratch, "tree")
             tree.mkdir()
             for name, data in members:
+                (tree / name).parent.mkdir(parents=True, exist_ok=True)
                 (tree / name).write_bytes(data)
             out = Path(scratch, "out.iso")
             subprocess.run(
@@ -237,6 +240,45 @@ def tnef(members: Members, embedded: bytes = b"") -> bytes:
     return out
 
 
+def udf_only(members: Members) -> bytes:
+    """A UDF-only image: a bridge image whose ISO 9660 descriptors (the sectors from 16 on
+    whose bytes 1-5 are CD001, the terminator too) are zeroed, so only the UDF tree is left."""
+    image = bytearray(iso("-udf")(members))
+    sector = 16
+    while image[sector * 2048 + 1 : sector * 2048 + 6] == b"CD001":
+        image[sector * 2048 : (sector + 1) * 2048] = bytes(2048)
+        sector += 1
+    return bytes(image)
+
+
+def _udf_retag(image: bytearray, at: int) -> None:
+    """The descriptor tag at ``at`` made valid again: its CRC, then its checksum."""
+    (crc_length,) = struct.unpack_from("<H", image, at + 10)
+    crc = binascii.crc_hqx(bytes(image[at + 16 : at + 16 + crc_length]), 0)
+    struct.pack_into("<H", image, at + 8, crc)
+    image[at + 4] = (sum(image[at : at + 4]) + sum(image[at + 5 : at + 16])) & 0xFF
+
+
+def _udf_tags(image: bytes, identifier: int):
+    """Where the descriptors of ``identifier`` are (4-byte aligned, as FIDs are)."""
+    mark = struct.pack("<H", identifier)
+    at = image.find(mark)
+    while at >= 0:
+        checksum = (sum(image[at : at + 4]) + sum(image[at + 5 : at + 16])) & 0xFF
+        if at % 4 == 0 and len(image) - at >= 16 and checksum == image[at + 4]:
+            yield at
+        at = image.find(mark, at + 1)
+
+
+def _udf_identifier(image: bytes, name: str) -> int:
+    """Where the File Identifier Descriptor naming ``name`` starts."""
+    for at in _udf_tags(image, 257):
+        use, length = struct.unpack_from("<H", image, at + 36)[0], image[at + 19]
+        if image[at + 38 + use : at + 38 + use + length] == b"\x08" + name.encode():
+            return at
+    raise AssertionError(f"no UDF identifier {name}")
+
+
 _HQX = b"!\"#$%&'()*+,-012345689@ABCDEFGHIJKLMNPQRSTUVXYZ[`abcdefhijklmpqr"
 _FROM_BASE64 = bytes.maketrans(
     b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/", _HQX
@@ -294,7 +336,8 @@ FORMATS = {
     "cpio-bin-le": cpio_binary("<"),
     "cpio-bin-be": cpio_binary(">"),
     "iso9660": iso("-J", "-R"),
-    "udf": iso("-udf", "-J"),  # a UDF bridge image: libarchive reads its ISO 9660 tree
+    "udf": iso("-udf", "-J"),  # a UDF bridge image: its UDF tree is read (udf.py)
+    "udf-only": udf_only,
     "tnef": tnef,
     "binhex": binhex,
 }
@@ -334,7 +377,7 @@ def attachment(data: bytes, name: bytes, encoding: str = "base64") -> bytes:
 
 
 def _env(fmt: str) -> dict[str, str] | None:
-    return NO_DISKIMAGE if fmt in ("iso9660", "udf") else None
+    return NO_DISKIMAGE if fmt in ("iso9660", "udf", "udf-only") else None
 
 
 def _member(fmt: str, name: str = "report.pdf") -> str:
@@ -481,17 +524,129 @@ def test_encrypted_7z_headers_are_an_encrypted_member(qq):
     assert out.returncode == 0, out.stderr
 
 
-def test_a_udf_only_image_is_noted(qq, tmp_path):
-    image = tmp_path / "udf.img"
-    subprocess.run(
-        ["mkudffs", "--media-type=hd", "-b", "2048", str(image), "100"],
-        check=True,
-        capture_output=True,
+def test_a_udf_only_image_is_read(qq):
+    """No ISO 9660 tree (mkudffs, Windows' own tools): the UDF tree is walked, directories
+    in directories too."""
+    image = udf_only((("docs/2024/q1/report.pdf", PE), ("docs/notes.txt", TEXT)))
+    out = qq.submit(mime(TEXT_PART, attachment(image, b"files.dat")), ENV, env=NO_DISKIMAGE)
+    assert_clean_failure(out, 31)
+    assert "files.dat/docs/2024/q1/report.pdf: DOS/Windows executable" in out.field("reason")
+
+
+@pytest.mark.one_shot
+def test_the_udf_name_of_a_bridge_image_is_judged(qq):
+    """Windows shows a bridge image's UDF tree: its name is judged, not the ISO 9660 one."""
+    image = bytearray(made("udf", (("notes.txt", TEXT),)))
+    at = _udf_identifier(image, "notes.txt")
+    name = at + 38 + struct.unpack_from("<H", image, at + 36)[0] + 1
+    image[name : name + 9] = b"notes.exe"
+    _udf_retag(image, at)
+    out = qq.submit(mime(TEXT_PART, attachment(bytes(image), b"files.dat")), ENV, env=NO_DISKIMAGE)
+    assert_clean_failure(out, 31)
+    assert "files.dat/notes.exe: blocked file name extension .exe" in out.field("reason")
+
+
+MKUDFFS = (
+    ("-m", "hd"),  # UDF 2.01, a physical partition
+    ("-m", "hd", "-r", "1.02", "-b", "512"),
+    ("-m", "hd", "-b", "4096"),
+    ("-m", "cdrw"),  # a sparable partition and its sparing table
+    ("-m", "cdr"),  # a virtual partition (VAT) of UDF 2.01
+    ("-m", "bdr", "-r", "2.50"),
+    ("-m", "worm", "--strategy=4096"),
+)
+
+
+@pytest.mark.one_shot
+def test_empty_udf_images_have_no_members(qq, tmp_path):
+    from qqfilter.checks.mime import udf
+
+    for number, options in enumerate(MKUDFFS):
+        path = tmp_path / f"{number}.img"
+        subprocess.run(["mkudffs", *options, str(path), "3000"], check=True, capture_output=True)
+        with path.open("rb") as stream:
+            assert list(udf.entries(stream, path.stat().st_size)) == [], options
+    out = qq.submit(
+        mime(TEXT_PART, attachment(path.read_bytes(), b"disc.bin")), ENV, env=NO_DISKIMAGE
     )
-    data = image.read_bytes()
-    out = qq.submit(mime(TEXT_PART, attachment(data, b"disc.bin")), ENV, env=NO_DISKIMAGE)
     assert out.returncode == 0, out.stderr
-    assert "UDF-only image" in out.field("notes")
+    assert out.field("notes") is None
+
+
+def _udf_entry_of(image: bytes, name: str) -> int:
+    """Where the File Entry the identifier ``name`` points to starts."""
+    (block,) = struct.unpack_from("<L", image, _udf_identifier(image, name) + 24)
+    for at in (*_udf_tags(image, 261), *_udf_tags(image, 266)):
+        if at % 2048 == 0 and struct.unpack_from("<L", image, at + 12)[0] == block:
+            return at
+    raise AssertionError(f"no UDF file entry for {name}")
+
+
+def test_a_hostile_udf_image_is_bounded(qq):
+    """A directory that names itself (a loop), a file declaring 2**62 bytes: the walk ends,
+    the executable after them is found. A directory declaring a terabyte is noted."""
+    image = bytearray(udf_only((("loop/a.txt", TEXT), ("big.bin", TEXT), ("z/report.pdf", PE))))
+    loop, inner = _udf_identifier(image, "loop"), _udf_identifier(image, "a.txt")
+    image[inner + 20 : inner + 36] = image[loop + 20 : loop + 36]
+    _udf_retag(image, inner)
+    big = _udf_entry_of(image, "big.bin")
+    struct.pack_into("<Q", image, big + 56, 1 << 62)
+    _udf_retag(image, big)
+    out = _submit_image(qq, bytes(image))
+    assert_clean_failure(out, 31)
+    assert "files.dat/z/report.pdf: DOS/Windows executable" in out.field("reason")
+    directory = _udf_entry_of(image, "z")
+    struct.pack_into("<Q", image, directory + 56, 1 << 40)
+    _udf_retag(image, directory)
+    out = _submit_image(qq, bytes(image))
+    assert out.returncode == 0, out.stderr
+    assert "not a readable udf archive (a UDF directory of more than 16 MB)" in out.field("notes")
+
+
+def _submit_image(qq, image: bytes):
+    started = time.monotonic()
+    message = mime(TEXT_PART, attachment(image, b"files.dat"))
+    out = qq.submit(message, ENV, env=NO_DISKIMAGE, measure=True)
+    assert time.monotonic() - started < 10
+    assert out.peak_kib < 64 * MB, out.peak_kib
+    return out
+
+
+@functools.cache
+def _small_udf() -> tuple[bytes, tuple[int, ...]]:
+    """A small UDF-only image and where its descriptors are."""
+    image = udf_only((("a/b/report.pdf", PE), ("notes.txt", TEXT)))
+    found = (*range(1, 10), *range(256, 267))
+    return image, tuple(sorted(at for tag in found for at in _udf_tags(image, tag)))
+
+
+@settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 1000), st.integers(0, 255), st.integers(0, 255)),
+        min_size=1,
+        max_size=6,
+    ),
+    st.booleans(),
+)
+def test_a_damaged_udf_image_raises_only_what_the_layer_notes(edits, retag):
+    """Bytes of its descriptors changed (their tags made valid again, or not): the reader
+    ends, raising nothing but what the archive layer notes."""
+    from qqfilter.checks.mime import udf
+
+    image, descriptors = _small_udf()
+    damaged = bytearray(image)
+    for which, offset, value in edits:
+        at = descriptors[which % len(descriptors)]
+        damaged[at + offset] = value
+        if retag:
+            _udf_retag(damaged, at)
+    try:
+        for entry in udf.entries(io.BytesIO(bytes(damaged)), len(damaged)):
+            for _ in entry.read(1 << 20):
+                pass
+    except (ValueError, EOFError, OSError, struct.error):
+        pass
 
 
 @pytest.mark.one_shot

@@ -81,15 +81,15 @@ FORMATS: tuple[tuple[str, Callable[[bytes], bool], str], ...] = (
         lambda head: b"(This file must be converted with BinHex" in head,
         "qqfilter.checks.mime.binhex",
     ),
-    ("iso9660", lambda head: head[32769:32774] == b"CD001", "qqfilter.checks.mime.containers"),
     (
-        "udf",  # its volume recognition sequence, in the sectors from 32 KB on
-        lambda head: any(
+        "udf",  # its volume recognition sequence from 32 KB on; before ISO 9660: a bridge
+        lambda head: any(  # image's UDF tree is the one Windows shows
             head[at : at + 5] in (b"BEA01", b"NSR02", b"NSR03")
             for at in range(32769, min(len(head), 65536), 2048)
         ),
-        "qqfilter.checks.mime.containers",
+        "qqfilter.checks.mime.udf",
     ),
+    ("iso9660", lambda head: head[32769:32774] == b"CD001", "qqfilter.checks.mime.containers"),
 )
 """(format, test of the first HEAD bytes, module whose ``entries(stream, size)`` reads it),
 tried in order. The readers are imported when a container of theirs is met."""

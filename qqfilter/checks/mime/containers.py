@@ -44,7 +44,6 @@ FORMATS = {
     "tar": ("tar",),
     "cpio": ("cpio",),
     "iso9660": ("iso9660",),
-    "udf": ("iso9660",),  # libarchive has no UDF reader: a UDF bridge image's ISO 9660 tree
     "compressed": ("tar", "cpio", "raw"),
 }
 """libarchive's formats for each of archives.FORMATS' rows this module reads."""
@@ -62,8 +61,6 @@ def entries(stream: BinaryIO, size: int) -> Iterator[Entry]:
     formats = FORMATS.get(found)
     if formats is None:
         raise ValueError(f"{found or 'this format'} is not read by libarchive")
-    if found == "udf" and head[32769:32774] != b"CD001":
-        raise ValueError("a UDF-only image (libarchive reads the ISO 9660 tree only)")
     ffi, error = _library()
     archive = ffi.read_new()
     try:
