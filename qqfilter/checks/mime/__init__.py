@@ -15,8 +15,8 @@ budgets stopped is noted in the log line.
 Its helpers: walk.py (the streaming MIME walk), names.py (file names), filetypes.py (what a
 file's bytes and name say it is), kinds.py (the default lists), warlord.py (s/qmail's
 tests), archives.py (the archive layer) with its readers (zipread.py, containers.py, arj.py,
-tnef.py, binhex.py, udf.py), office.py and pdf.py (documents), smuggling.py (pages). Each is imported
-when a part needs it: filetypes tells which from the head.
+tnef.py, binhex.py, udf.py), office.py and pdf.py (documents), smuggling.py (pages). Each is
+imported when a part needs it: filetypes tells which from the head.
 """
 
 from __future__ import annotations
