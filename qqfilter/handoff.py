@@ -15,14 +15,19 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # no __future__ annotations here: even that import shows in the client
     from qqfilter.spool import Spool
 
+    Edits = tuple[tuple[int, int, bytes], ...]
 
-def message_fd(spool: "Spool", headers: bytes, directory: str) -> int:
-    """A descriptor, at offset 0, holding ``headers`` followed by the spooled bytes unchanged.
 
-    Without headers it is the spool itself; with them, a second anonymous file that the kernel
-    fills from the first (no copy through Python). Failures are 53, before anything is handed on.
+def message_fd(spool: "Spool", headers: bytes, directory: str, edits: "Edits" = ()) -> int:
+    """A descriptor, at offset 0, holding ``headers`` followed by the spooled bytes, unchanged
+    but for ``edits`` ((start, end, new bytes), sorted, not overlapping: a field a check
+    rewrote or removed).
+
+    Without headers or edits it is the spool itself; else a second anonymous file that the
+    kernel fills from the first (no copy through Python) around the edits. Failures are 53,
+    before anything is handed on.
     """
-    if not headers:
+    if not headers and not edits:
         os.lseek(spool.fd, 0, os.SEEK_SET)
         return spool.fd
     from qqfilter.spool import anonymous_file, write_all
@@ -30,7 +35,12 @@ def message_fd(spool: "Spool", headers: bytes, directory: str) -> int:
     fd = anonymous_file(directory)
     try:
         write_all(fd, headers, directory)
-        _copy(spool, fd, directory)
+        offset = 0
+        for start, end, new in edits:
+            _copy(spool, fd, directory, offset, start)
+            write_all(fd, new, directory)
+            offset = end
+        _copy(spool, fd, directory, offset, spool.size)
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
         os.close(fd)
@@ -38,13 +48,13 @@ def message_fd(spool: "Spool", headers: bytes, directory: str) -> int:
     return fd
 
 
-def _copy(spool: "Spool", fd: int, directory: str) -> None:
+def _copy(spool: "Spool", fd: int, directory: str, offset: int, end: int) -> None:
+    """The spool's bytes [offset, end) appended to ``fd``, by the kernel."""
     from qqfilter.exitcodes import WRITE_ERROR, QueueError
 
-    offset = 0
-    while offset < spool.size:
+    while offset < end:
         try:
-            sent = os.sendfile(fd, spool.fd, offset, spool.size - offset)
+            sent = os.sendfile(fd, spool.fd, offset, end - offset)
         except OSError as exc:
             raise QueueError(
                 WRITE_ERROR, f"spool: cannot write in {directory}: {exc.strerror}"

@@ -25,6 +25,7 @@ class Verdict:
         "category",
         "check",
         "detail",
+        "edits",
         "headers",
         "notes",
         "reason",
@@ -44,6 +45,7 @@ class Verdict:
         headers: tuple[tuple[str, str], ...] = (),
         detail: str = "",
         notes: tuple[str, ...] = (),
+        edits: tuple[tuple[int, int, bytes], ...] = (),
     ) -> None:
         self.action = action
         self.check = check
@@ -54,6 +56,7 @@ class Verdict:
         self.headers = headers
         self.detail = detail
         self.notes = notes
+        self.edits = edits
 
     @classmethod
     def from_finding(
@@ -63,6 +66,7 @@ class Verdict:
         *,
         headers: tuple[tuple[str, str], ...] = (),
         notes: tuple[str, ...] = (),
+        edits: tuple[tuple[int, int, bytes], ...] = (),
     ) -> "Verdict":
         """A verdict explained by ``finding``."""
         default_status = "4.3.0" if action == TEMPFAIL else "5.7.1"
@@ -76,6 +80,7 @@ class Verdict:
             headers=headers,
             detail=finding.detail,
             notes=notes,
+            edits=edits,
         )
 
 
@@ -98,6 +103,7 @@ def judge(findings: list[Finding], settings: Settings) -> Verdict:
         if not (finding.category == "virus" and settings[SCANERROR] == "accept"):
             return Verdict.from_finding(TEMPFAIL, finding, notes=notes)
     headers = tuple(field for finding in findings for field in finding.headers)
+    edits = tuple(sorted(edit for finding in findings for edit in finding.edits))
     if unknown:
-        return Verdict.from_finding(ACCEPT, unknown[0], headers=headers, notes=notes)
-    return Verdict(ACCEPT, headers=headers, notes=notes)
+        return Verdict.from_finding(ACCEPT, unknown[0], headers=headers, notes=notes, edits=edits)
+    return Verdict(ACCEPT, headers=headers, notes=notes, edits=edits)

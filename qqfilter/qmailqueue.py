@@ -178,7 +178,9 @@ def _judge(
     program = settings[QMAILQUEUE]
     if not os.path.isfile(program) or not os.access(program, os.X_OK):
         raise QueueError(exitcodes.TEMPFAILED, f"qmail-queue: cannot run {program}: not executable")
-    message_fd = handoff.message_fd(spool, render(verdict.headers), settings[SPOOLDIR])
+    message_fd = handoff.message_fd(
+        spool, render(verdict.headers), settings[SPOOLDIR], verdict.edits
+    )
     return Action(
         exitcodes.QUEUED,
         program=program,

@@ -149,3 +149,51 @@ def test_a_bounded_setting_is_in_its_range_or_refused(value):
 def test_the_bounded_parser_names_its_range():
     with pytest.raises(ValueError, match="from 0 to 10"):
         bounded(0, 10)("11")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000), st.data())
+def test_the_message_handed_on_is_the_spool_with_exactly_its_edits(data, draw):
+    from qqfilter.handoff import message_fd
+
+    cuts = sorted(draw.draw(st.lists(st.integers(0, len(data)), max_size=8)))
+    pairs = list(zip(cuts[::2], cuts[1::2], strict=False))
+    edits = tuple((start, end, draw.draw(st.binary(max_size=20))) for start, end in pairs)
+    expected, at = b"", 0
+    for start, end, new in edits:
+        expected += data[at:start] + new
+        at = end
+    expected += data[at:]
+    directory = os.environ.get("TMPDIR", "/tmp")
+    fd = spool_file(data, directory)
+    spool = Spool(fd, len(data), len(data))
+    out = message_fd(spool, b"X-Added: yes\n", directory, edits)
+    try:
+        assert os.read(out, len(expected) + 100) == b"X-Added: yes\n" + expected
+    finally:
+        os.close(out)
+        spool.close()
+
+
+def spool_file(data: bytes, directory: str) -> int:
+    from qqfilter.spool import anonymous_file, write_all
+
+    fd = anonymous_file(directory)
+    write_all(fd, data, directory)
+    return fd
+
+
+@given(st.binary(max_size=2000))
+def test_header_fields_are_found_in_order_without_overlap(data):
+    from qqfilter.checks import spam
+
+    directory = os.environ.get("TMPDIR", "/tmp")
+    spool = Spool(spool_file(data, directory), len(data), len(data))
+    try:
+        found = spam.fields(spool)
+    finally:
+        spool.close()
+    at = 0
+    for _name, start, value_at, end in found:
+        assert at <= start <= value_at <= end <= len(data)
+        at = end

@@ -48,15 +48,28 @@ class Finding:
     patched qmails, to the client, so it holds nothing private; ``detail`` goes to the log
     only (which server, what failed); ``status`` is the enhanced status code for the reply.
     A CLEAN finding with a ``reason`` is a note for the log ("skipped: ...").
-    ``check`` is the unit's NAME. A hand-written ``__slots__`` record, like every record on
-    the queue path: dataclasses costs ~10 ms of start-up.
+    ``check`` is the unit's NAME. ``edits`` changes the message itself if it is accepted:
+    (start, end, new bytes) replaces the spool's bytes [start, end) (an insertion when start
+    == end, a removal when the new bytes are empty); the ranges of all findings must not
+    overlap. A hand-written ``__slots__`` record, like every record on the queue path:
+    dataclasses costs ~10 ms of start-up.
     """
 
     CLEAN = "clean"
     REFUSE = "refuse"
     UNKNOWN = "unknown"
 
-    __slots__ = ("category", "check", "detail", "headers", "outcome", "reason", "status", "tag")
+    __slots__ = (
+        "category",
+        "check",
+        "detail",
+        "edits",
+        "headers",
+        "outcome",
+        "reason",
+        "status",
+        "tag",
+    )
 
     def __init__(
         self,
@@ -69,6 +82,7 @@ class Finding:
         status: str = "",
         headers: tuple[tuple[str, str], ...] = (),
         detail: str = "",
+        edits: tuple[tuple[int, int, bytes], ...] = (),
     ) -> None:
         self.check = check
         self.outcome = outcome
@@ -78,6 +92,7 @@ class Finding:
         self.tag = tag
         self.status = status
         self.headers = headers
+        self.edits = edits
 
 
 class Unit:

@@ -34,6 +34,8 @@ def _config(options: argparse.Namespace) -> int:
 
 
 def _toml(value: object) -> str:
+    if value is None:  # a limit that is off (QQF_SPAMREJECT): the word its parser reads
+        return '"off"'
     if isinstance(value, frozenset | tuple):
         items = sorted(value) if isinstance(value, frozenset) else value
         return "[" + ", ".join(_toml(v) for v in items) + "]"
