@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from qqfilter.checks import Finding
 from qqfilter.message import Message
-from qqfilter.settings import Setting, Settings, byte_count, choice, subset, text
+from qqfilter.settings import Setting, Settings, byte_count, choice, seconds, subset, text
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,6 +89,13 @@ SPAMUSER = Setting(
     "the user whose preferences the scanner applies (spamd's User, rspamd's Deliver-To); "
     "recipient = the recipient when there is exactly one; empty = the scanner's default",
 )
+SPAMTIMEOUT = Setting(
+    "spamtimeout",
+    "QQF_SPAMTIMEOUT",
+    120.0,
+    seconds,
+    "seconds the spam scan of one message may take in all, failover included",
+)
 SPAMSUBJECT = Setting(
     "spamsubject",
     "QQF_SPAMSUBJECT",
@@ -105,6 +112,7 @@ SHARED = (
     SPAMERROR,
     SPAMUSER,
     SPAMSUBJECT,
+    SPAMTIMEOUT,
 )
 """The rows both units own (the same objects, so settings.load reads each once)."""
 
