@@ -51,7 +51,8 @@ fi
 # archives with real tools; all of them come from Debian.
 run_packages=(libarchive13)
 test_packages=(clamav-daemon clamdscan nsd ripmime
-  7zip gcab arj libarchive-tools genisoimage udftools bzip2 xz-utils zstd)
+  7zip gcab arj libarchive-tools genisoimage udftools bzip2 xz-utils zstd
+  spamassassin spamd rspamd)
 packages=()
 "$python" -c 'import ctypes.util, sys; sys.exit(not ctypes.util.find_library("archive"))' \
   || packages+=("${run_packages[@]}")
@@ -61,6 +62,8 @@ if [ "$dev" = 1 ]; then
   command -v clamdscan >/dev/null || missing=1
   [ -x /usr/sbin/nsd ] || command -v nsd >/dev/null || missing=1
   command -v ripmime >/dev/null || missing=1
+  [ -x /usr/sbin/spamd ] || command -v spamd >/dev/null || missing=1
+  [ -x /usr/bin/rspamd ] || command -v rspamd >/dev/null || missing=1
   for tool in 7zz gcab arj bsdtar genisoimage bzip2 xz zstd; do
     command -v "$tool" >/dev/null || missing=1
   done

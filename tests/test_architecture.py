@@ -18,6 +18,8 @@ def test_the_checks_run_in_their_declared_order():
         "spf",
         "clamd",
         "qhpsi",
+        "spamd",
+        "rspamd",
     ]
     orders = [unit.order for unit in units()]
     assert orders == sorted(orders)

@@ -1,7 +1,7 @@
 """Server lists in settings: ``host``, ``host:port``, ``[v6address]:port``, comma-separated.
 
-One reading for every setting that names servers (QQF_CLAMD, QQF_DNS), so they take the same
-spellings and give the same errors.
+One reading for every setting that names servers (QQF_CLAMD, QQF_SPAMD, QQF_DNS), so they
+take the same spellings and give the same errors.
 """
 
 from __future__ import annotations
@@ -38,3 +38,18 @@ def split(entry: str, default_port: int) -> tuple[str, int]:
     if not host or not port.isdigit() or not port.isascii() or not 0 < int(port) < 65536:
         raise ValueError(f"{entry!r}: expected host:port")
     return host, int(port)
+
+
+def socket_or_host(server: str, default_port: int) -> str | tuple[str, int]:
+    """Where one entry of a scanner's server list is (QQF_CLAMD, QQF_SPAMD): a unix
+    socket's path (``unix:/path`` or ``/path``), or (host, port), ``default_port`` for a
+    bare host. Raises ValueError for anything else."""
+    if server.startswith("unix:") or server.startswith("/"):
+        path = server.removeprefix("unix:")
+        if not path.startswith("/") or "\0" in path:
+            raise ValueError(f"{server!r}: a unix socket needs an absolute path")
+        return path
+    try:
+        return split(server, default_port)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("host:port", "unix:/path or host:port")) from None

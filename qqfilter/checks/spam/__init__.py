@@ -226,7 +226,7 @@ def headers(score: Score, settings: Settings) -> tuple[tuple[str, str], ...]:
     is_spam = flagged(score, settings)
     status = (
         f"{'Yes' if is_spam else 'No'}, score={_number(score.score)} "
-        f"required={_number(score.required)} tests={','.join(score.tests) or 'none'}"
+        f"required={_number(score.required)} tests={', '.join(score.tests) or 'none'}"
     )
     fields = [("X-Spam-Status", status), ("X-Spam-Score", _number(score.score))]
     if is_spam:

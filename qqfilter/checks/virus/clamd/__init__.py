@@ -21,15 +21,7 @@ def endpoint(server: str) -> str | tuple[str, int]:
     """Where one entry of QQF_CLAMD is: a unix socket's path, or (host, port). Raises
     ValueError for an entry that is neither ``unix:/path``, ``/path``, ``host:port``,
     ``[v6]:port`` nor ``host``."""
-    if server.startswith("unix:") or server.startswith("/"):
-        path = server.removeprefix("unix:")
-        if not path.startswith("/") or "\0" in path:
-            raise ValueError(f"{server!r}: a unix socket needs an absolute path")
-        return path
-    try:
-        return hostport.split(server, DEFAULT_PORT)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("host:port", "unix:/path or host:port")) from None
+    return hostport.socket_or_host(server, DEFAULT_PORT)
 
 
 CLAMD: Setting[tuple[str, ...]] = Setting(
