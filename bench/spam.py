@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/spam.py
 
-For each scanner in SCANNERS (spamd now; rspamd is added the same way), started as the tests
+For each scanner in SCANNERS (spamd and rspamd), started as the tests
 start it, and for a small message and one of 500 KB: per message, the wall time and CPU of
 qqfilter with the scanner off, with it on, and the scanner's own time (the same request
 sent straight from here, with nothing else around it), one-shot and resident. The client's
@@ -27,7 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from spamd import CLEAN_BODY, Spamd, message  # noqa: E402 (the tests' helpers start spamd)
+from rspamd import Rspamd  # noqa: E402 (the tests' helpers start the scanners)
+from spamd import CLEAN_BODY, Spamd, message  # noqa: E402
 
 QQFILTER = str(Path(sys.executable).with_name("qqfilter"))
 ENVELOPE = b"Falice@example.com\0Tbob@example.org\0\0"
@@ -64,7 +65,33 @@ class SpamdScanner:
         self.server.stop()
 
 
-SCANNERS = [SpamdScanner]
+class RspamdScanner:
+    """Debian's rspamd (tests/rspamd.py) and a bare POST /checkv2 for its own time."""
+
+    name = "rspamd"
+
+    def __init__(self) -> None:
+        self.server = Rspamd()
+        self.env = {"QQF_RSPAMD": self.server.url}
+
+    def direct(self, data: bytes) -> None:
+        with socket.create_connection(("127.0.0.1", self.server.port)) as sock:
+            head = (
+                b"POST /checkv2 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(data)
+            )
+            sock.sendall(head + data)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        if not answer.startswith(b"HTTP/1.1 200"):
+            raise SystemExit(f"rspamd answered {answer[:200]!r}")
+
+    def stop(self) -> None:
+        self.server.stop()
+
+
+SCANNERS = [SpamdScanner, RspamdScanner]
 """Each: ``name``, started by its constructor; ``env`` turns it on; ``direct(message)`` is one
 scan with nothing around it; ``stop()``."""
 
