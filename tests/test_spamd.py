@@ -6,11 +6,14 @@ connections and never answers. Each failure path ends within its deadline in the
 QQF_SPAMERROR asks for: accepted and marked (the default) or 71 with one log line.
 """
 
+import json
 import re
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from conftest import assert_clean_failure, envelope
+from conftest import QQFILTER, assert_clean_failure, envelope
 from spamd import CLEAN_BODY, GTUBE, FakeSpamd, Spamd, free_port, message
 
 BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
@@ -325,3 +328,30 @@ def _connections(path: str) -> int:
     """Connections to the unix socket at ``path`` not yet accepted or closed."""
     with open("/proc/net/unix") as table:
         return sum(1 for line in table if line.rstrip().endswith(" " + path)) - 1
+
+
+def test_replay_shows_what_spamd_thinks_of_mail_already_received(spamd_server, tmp_path):
+    """qqfilter replay runs the spam check as the QMAILQUEUE program would: GTUBE refused,
+    clean mail accepted with its score in the note."""
+    (tmp_path / "spam.eml").write_bytes(SPAM)
+    (tmp_path / "clean.eml").write_bytes(CLEAN)
+    done = subprocess.run(
+        [QQFILTER, "replay", "--json", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": "/usr/bin:/bin",
+            "QQF_CONFIG": "/dev/null",
+            "QQF_SPAMD": spamd_server.unix,
+            "QQF_SPAMREJECT": "10",
+        },
+    )
+    records = {
+        Path(record["source"]).name: record
+        for record in map(json.loads, done.stdout.splitlines()[:-1])
+    }
+    assert records["spam.eml"]["verdict"] == "reject"
+    assert records["spam.eml"]["tag"] == "Reject::DATA::Spam_Message"
+    assert records["clean.eml"]["verdict"] == "accept"
+    assert records["clean.eml"]["notes"].startswith("spamd: score=")
