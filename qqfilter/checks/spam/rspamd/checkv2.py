@@ -3,32 +3,33 @@ rspamd's JSON answer into the family's Score.
 
 HTTP/1.1 is spoken here over a plain socket rather than through ``http.client``: importing
 http.client costs 25-40 ms per message (it pulls in the email package's parser and ssl),
-against about 6 ms for socket and 3 ms for json, and a qmail server pays it for every
-message it runs one-shot. The exchange is one request and one answer: a POST with the
-envelope and connection facts as the header fields rspamd defines (IP, Helo, Hostname, From,
-one Rcpt per recipient, Queue-Id, User, Deliver-To, Settings-ID), the message streamed from
-the spool in windows with its Content-Length, then ``Connection: close``: the answer's body
-is read up to its Content-Length (or the close), at most MAX_ANSWER bytes.
+against about 3 ms for json (the socket is the C module's, through qqfilter.shared.scanclient),
+and a qmail server pays it for every message it runs one-shot. The exchange is one request and
+one answer: a POST with the envelope and connection facts as the header fields rspamd defines
+(IP, Helo, Hostname, From, one Rcpt per recipient, Queue-Id, User, Deliver-To, Settings-ID),
+the message streamed from the spool in windows with its Content-Length, then ``Connection:
+close``: the answer's body is read up to its Content-Length (or the close), at most MAX_ANSWER
+bytes.
 
-Deadlines are clamd's (qqfilter.checks.virus.clamd.instream): ``connect_timeout`` per
-connection, ``timeout`` per stall (rspamd taking no data, or not answering), ``deadline``
-over the whole scan, failover included. Anything but a 200 with a well-formed answer is that
-server's failure; the next is tried.
+Deadlines and failover are every scanner client's (qqfilter.shared.scanclient):
+``connect_timeout`` per connection, ``timeout`` per stall (rspamd taking no data, or not
+answering), ``deadline`` over the whole scan, failover included. Anything but a 200 with a
+well-formed answer is that server's failure; the next is tried.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 
 from qqfilter.checks.spam import Score
 from qqfilter.checks.spam.rspamd import endpoint
-from qqfilter.exitcodes import describe
+from qqfilter.shared.scanclient import ScanFailed, exchange, first_answer, printable, within
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from _socket import socket
+
     from qqfilter.message import Message
     from qqfilter.spool import Spool
 
@@ -68,10 +69,6 @@ class Answer:
         self.message = message
         self.time_real = time_real
         self.why = why
-
-
-class ScanFailed(Exception):
-    """One server could not give an answer; the text says why, for the log."""
 
 
 def request_headers(
@@ -138,19 +135,15 @@ def scan(
     the whole scan, failover included. A server that cannot answer passes the message to the
     next; when none can, the answer has no score and every server's reason.
     """
-    failures = []
-    for server in servers:
-        if deadline <= time.monotonic():
-            failures.append(f"{server}: not tried, scan deadline passed")
-            continue
-        try:
-            body = _exchange(spool, server, fields, connect_timeout, timeout, deadline)
-            score, said, took = interpret(body)
-        except ScanFailed as exc:
-            failures.append(f"{server}: {exc}")
-            continue
-        return Answer(score, server, message=said, time_real=took, why="; ".join(failures))
-    return Answer(None, servers[-1], why="; ".join(failures))
+
+    def attempt(server: str) -> tuple[Score, str, float]:
+        return interpret(_exchange(spool, server, fields, connect_timeout, timeout, deadline))
+
+    found, server, why = first_answer(servers, attempt, deadline)
+    if found is None:
+        return Answer(None, server, why=why)
+    score, said, took = found
+    return Answer(score, server, message=said, time_real=took, why=why)
 
 
 def _exchange(
@@ -163,34 +156,15 @@ def _exchange(
 ) -> bytes:
     """The body of ``server``'s 200 answer to the POST; raises ScanFailed."""
     host, port = endpoint(server)
-    try:
-        sock = socket.create_connection((host, port), timeout=_within(connect_timeout, deadline))
-    except TimeoutError:
-        raise ScanFailed(f"no connection within {connect_timeout:g} s") from None
-    except OSError as exc:
-        raise ScanFailed(f"cannot connect: {describe(exc)}") from None
-    try:
-        try:
-            _send(sock, spool, _head(host, port, fields, spool.size), timeout, deadline)
-        except TimeoutError:
-            raise ScanFailed(_stalled("took no data", f"for {timeout:g} s", deadline)) from None
-        except OSError as exc:
-            raise ScanFailed(f"connection lost mid-stream: {describe(exc)}") from None
-        try:
-            return _receive(sock, timeout, deadline)
-        except TimeoutError:
-            raise ScanFailed(_stalled("no answer", f"within {timeout:g} s", deadline)) from None
-        except OSError as exc:
-            raise ScanFailed(f"connection lost awaiting the answer: {describe(exc)}") from None
-    finally:
-        sock.close()
-
-
-def _stalled(what: str, how_long: str, deadline: float) -> str:
-    """Why a wait ended: the stall timeout (``how_long``), or the whole scan's deadline."""
-    if deadline <= time.monotonic():
-        return f"{what} before the scan deadline"
-    return f"{what} {how_long}"
+    head = _head(host, port, fields, spool.size)
+    return exchange(
+        (host, port),
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+        deadline=deadline,
+        send=lambda sock: _send(sock, spool, head, timeout, deadline),
+        receive=lambda sock: _receive(sock, timeout, deadline),
+    )
 
 
 def _head(host: str, port: int, fields: list[tuple[bytes, bytes]], size: int) -> bytes:
@@ -205,28 +179,20 @@ def _head(host: str, port: int, fields: list[tuple[bytes, bytes]], size: int) ->
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def _within(timeout: float, deadline: float) -> float:
-    """``timeout``, shortened so as not to pass ``deadline``; raises TimeoutError if passed."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    return min(timeout, remaining)
-
-
-def _send(sock: socket.socket, spool: Spool, head: bytes, timeout: float, deadline: float) -> None:
-    sock.settimeout(_within(timeout, deadline))
+def _send(sock: socket, spool: Spool, head: bytes, timeout: float, deadline: float) -> None:
+    sock.settimeout(within(timeout, deadline))
     sock.sendall(head)
     offset = 0
     while offset < spool.size:
         chunk = spool.read(offset, min(CHUNK, spool.size - offset))
         if not chunk:
             break
-        sock.settimeout(_within(timeout, deadline))
+        sock.settimeout(within(timeout, deadline))
         sock.sendall(chunk)
         offset += len(chunk)
 
 
-def _receive(sock: socket.socket, timeout: float, deadline: float) -> bytes:
+def _receive(sock: socket, timeout: float, deadline: float) -> bytes:
     """The body of a 200 answer, read within the limits; raises ScanFailed otherwise."""
     data = b""
     while b"\r\n\r\n" not in data:
@@ -236,26 +202,26 @@ def _receive(sock: socket.socket, timeout: float, deadline: float) -> bytes:
         if not chunk:
             if not data:
                 raise ScanFailed("closed the connection without an answer")
-            raise ScanFailed(f"answer cut short: {_printable(data[:80])!r}")
+            raise ScanFailed(f"answer cut short: {printable(data[:80])!r}")
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status, *lines = head.split(b"\r\n")
     parts = status.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
-        raise ScanFailed(f"not an HTTP answer: {_printable(status)!r}")
+        raise ScanFailed(f"not an HTTP answer: {printable(status)!r}")
     if parts[1] != b"200":
-        raise ScanFailed(f"HTTP status {_printable(status.partition(b' ')[2])!r}")
+        raise ScanFailed(f"HTTP status {printable(status.partition(b' ')[2])!r}")
     length = -1
     for line in lines:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"transfer-encoding" and value.strip().lower() != b"identity":
-            raise ScanFailed(f"unsupported transfer encoding {_printable(value.strip())!r}")
+            raise ScanFailed(f"unsupported transfer encoding {printable(value.strip())!r}")
         if name == b"content-encoding" and value.strip().lower() != b"identity":
-            raise ScanFailed(f"unsupported content encoding {_printable(value.strip())!r}")
+            raise ScanFailed(f"unsupported content encoding {printable(value.strip())!r}")
         if name == b"content-length":
             if not value.strip().isdigit():
-                raise ScanFailed(f"bad Content-Length {_printable(value.strip())!r}")
+                raise ScanFailed(f"bad Content-Length {printable(value.strip())!r}")
             length = int(value)
     if length > MAX_ANSWER:
         raise ScanFailed(f"answer of {length} bytes, over the limit of {MAX_ANSWER}")
@@ -271,8 +237,8 @@ def _receive(sock: socket.socket, timeout: float, deadline: float) -> bytes:
     return body[:length] if length >= 0 else body
 
 
-def _recv(sock: socket.socket, timeout: float, deadline: float) -> bytes:
-    sock.settimeout(_within(timeout, deadline))
+def _recv(sock: socket, timeout: float, deadline: float) -> bytes:
+    sock.settimeout(within(timeout, deadline))
     return sock.recv(65536)
 
 
@@ -282,11 +248,11 @@ def interpret(body: bytes) -> tuple[Score, str, float]:
     try:
         answer = json.loads(body)
     except (ValueError, RecursionError):
-        raise ScanFailed(f"answer is not JSON: {_printable(body[:80])!r}") from None
+        raise ScanFailed(f"answer is not JSON: {printable(body[:80])!r}") from None
     if not isinstance(answer, dict):
         raise ScanFailed("answer is not a JSON object")
     if "error" in answer and "score" not in answer:
-        raise ScanFailed(f"rspamd error: {_printable(str(answer['error']).encode()[:200])}")
+        raise ScanFailed(f"rspamd error: {printable(str(answer['error']).encode()[:200])}")
     score = _number(answer, "score")
     required = _number(answer, "required_score")
     action = answer.get("action")
@@ -295,7 +261,7 @@ def interpret(body: bytes) -> tuple[Score, str, float]:
     symbols = answer.get("symbols", {})
     if not isinstance(symbols, dict):
         raise ScanFailed("answer's symbols are not an object")
-    tests = tuple(sorted(_printable(str(name).encode()) for name in symbols))
+    tests = tuple(sorted(printable(str(name).encode()) for name in symbols))
     added, removed = _milter(answer.get("milter"))
     messages = answer.get("messages")
     said = messages.get("smtp_message", "") if isinstance(messages, dict) else ""
@@ -305,11 +271,11 @@ def interpret(body: bytes) -> tuple[Score, str, float]:
             score,
             required,
             tests,
-            action=_printable(action.encode()),
+            action=printable(action.encode()),
             add_headers=added,
             remove_headers=removed,
         ),
-        _printable(said.encode()) if isinstance(said, str) else "",
+        printable(said.encode()) if isinstance(said, str) else "",
         took if isinstance(took, int | float) and not isinstance(took, bool) else 0.0,
     )
 
@@ -353,8 +319,3 @@ def _field_name(name: object) -> bool:
         and 0 < len(name) <= 76
         and all("!" <= c <= "~" and c != ":" for c in name)
     )
-
-
-def _printable(data: bytes) -> str:
-    """``data`` as printable ASCII, anything else as ``?``: rspamd's text goes into logs."""
-    return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in data[:200])

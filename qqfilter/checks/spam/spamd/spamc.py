@@ -15,11 +15,10 @@ separated, and closes. Every line of the answer is bounded and checked: anything
 from __future__ import annotations
 
 import _socket
-import time
 
 from qqfilter.checks.spam import Score
 from qqfilter.checks.spam.spamd import endpoint
-from qqfilter.exitcodes import describe
+from qqfilter.shared.scanclient import ScanFailed, exchange, first_answer, printable, within
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -51,10 +50,6 @@ class Answer:
         self.why = why
 
 
-class ScanFailed(Exception):
-    """One server could not give an answer; the text says why, for the log."""
-
-
 def scan(
     spool: Spool,
     size: int,
@@ -73,18 +68,21 @@ def scan(
     the whole scan, failover included.
     """
     head = request(size, user)
-    failures = []
-    for server in servers:
-        if deadline <= time.monotonic():
-            failures.append(f"{server}: not tried, scan deadline passed")
-            continue
-        try:
-            score = _scan_one(spool, size, head, server, connect_timeout, timeout, deadline)
-        except ScanFailed as exc:
-            failures.append(f"{server}: {exc}")
-            continue
-        return Answer(score, server, "; ".join(failures))
-    return Answer(None, servers[-1], "; ".join(failures))
+
+    def attempt(server: str) -> Score:
+        data = exchange(
+            endpoint(server),
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+            deadline=deadline,
+            send=lambda sock: _send(sock, spool, size, head, timeout, deadline),
+            receive=lambda sock: _receive(sock, timeout, deadline),
+            early=_early_answer,
+        )
+        return parse(data)
+
+    score, server, why = first_answer(servers, attempt, deadline)
+    return Answer(score, server, why)
 
 
 def request(size: int, user: str) -> bytes:
@@ -97,91 +95,20 @@ def request(size: int, user: str) -> bytes:
     return (lines + "\r\n").encode("ascii")
 
 
-def _scan_one(
-    spool: Spool,
-    size: int,
-    head: bytes,
-    server: str,
-    connect_timeout: float,
-    timeout: float,
-    deadline: float,
-) -> Score:
-    """The score ``server`` gives; raises ScanFailed."""
-    try:
-        sock = _connect(server, _within(connect_timeout, deadline))
-    except TimeoutError:
-        raise ScanFailed(f"no connection within {connect_timeout:g} s") from None
-    except OSError as exc:
-        raise ScanFailed(f"cannot connect: {describe(exc)}") from None
-    try:
-        try:
-            _send(sock, spool, size, head, timeout, deadline)
-        except TimeoutError:
-            raise ScanFailed(f"took no data for {timeout:g} s") from None
-        except OSError as exc:
-            early = _early_answer(sock)
-            raise ScanFailed(early or f"connection lost mid-stream: {describe(exc)}") from None
-        try:
-            data = _receive(sock, timeout, deadline)
-        except TimeoutError:
-            raise ScanFailed(f"no answer within {timeout:g} s") from None
-        except OSError as exc:
-            raise ScanFailed(f"connection lost awaiting the answer: {describe(exc)}") from None
-    finally:
-        sock.close()
-    return parse(data)
-
-
-def _connect(server: str, timeout: float) -> _socket.socket:
-    """A socket connected to ``server`` within ``timeout``; a host name may have several
-    addresses, each tried (the name itself is looked up by the system resolver). The C
-    module's socket, not ``socket``'s: that module costs 3 ms of start-up (and enum)."""
-    address = endpoint(server)
-    if isinstance(address, str):
-        return _open(_socket.AF_UNIX, 0, address, timeout)
-    host, port = address
-    failure: OSError = OSError("the name has no address")
-    for family, _, proto, _, where in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
-        try:
-            return _open(family, proto, where, timeout)
-        except OSError as exc:
-            failure = exc
-    raise failure
-
-
-def _open(family: int, proto: int, address: str | tuple, timeout: float) -> _socket.socket:
-    sock = _socket.socket(family, _socket.SOCK_STREAM, proto)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def _within(timeout: float, deadline: float) -> float:
-    """``timeout``, shortened so as not to pass ``deadline``; raises TimeoutError if passed."""
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise TimeoutError
-    return min(timeout, remaining)
-
-
 def _send(
     sock: _socket.socket, spool: Spool, size: int, head: bytes, timeout: float, deadline: float
 ) -> None:
     """The request head, then exactly ``size`` bytes of the spool (spamd reads
     Content-length bytes, no more: a short message would leave it waiting), then the end of
     our side of the stream, as spamc does."""
-    sock.settimeout(_within(timeout, deadline))
+    sock.settimeout(within(timeout, deadline))
     sock.sendall(head)
     offset = 0
     while offset < size:
         window = spool.read(offset, min(WINDOW, size - offset))
         if not window:
             raise ScanFailed(f"the spool ended at {offset} of {size} bytes")
-        sock.settimeout(_within(timeout, deadline))
+        sock.settimeout(within(timeout, deadline))
         sock.sendall(window)
         offset += len(window)
     sock.shutdown(_socket.SHUT_WR)
@@ -196,7 +123,7 @@ def _early_answer(sock: _socket.socket) -> str:
     except OSError:
         return ""
     line = data.split(b"\n", 1)[0].rstrip(b"\r")
-    return f"spamd stopped the stream: {_printable(line)!r}" if line else ""
+    return f"spamd stopped the stream: {printable(line)!r}" if line else ""
 
 
 def _receive(sock: _socket.socket, timeout: float, deadline: float) -> bytes:
@@ -204,7 +131,7 @@ def _receive(sock: _socket.socket, timeout: float, deadline: float) -> bytes:
     the stream; at most MAX_ANSWER bytes."""
     data = b""
     while len(data) <= MAX_ANSWER:
-        sock.settimeout(_within(timeout, deadline))
+        sock.settimeout(within(timeout, deadline))
         chunk = sock.recv(MAX_ANSWER + 1 - len(data))
         if not chunk:
             break
@@ -235,32 +162,32 @@ def parse(data: bytes) -> Score:
     head, blank, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     if any(len(line) > MAX_LINE for line in lines):
-        raise ScanFailed(f"answer line longer than {MAX_LINE} bytes: {_printable(data)!r}")
+        raise ScanFailed(f"answer line longer than {MAX_LINE} bytes: {printable(data)!r}")
     status = lines[0].decode("ascii", "replace")
     protocol, _, rest = status.partition(" ")
     code, _, words = rest.partition(" ")
     if not protocol.startswith("SPAMD/") or not code.isdigit() or not code.isascii():
-        raise ScanFailed(f"unexpected answer {_printable(data)!r}")
+        raise ScanFailed(f"unexpected answer {printable(data)!r}")
     if code != "0":
-        raise ScanFailed(f"spamd error {code} {_printable(words.encode())}")
+        raise ScanFailed(f"spamd error {code} {printable(words.encode())}")
     if not blank:
-        raise ScanFailed(f"incomplete answer {_printable(data)!r}")
+        raise ScanFailed(f"incomplete answer {printable(data)!r}")
     spam = length = None
     for line in lines[1:]:
         name, colon, value = line.decode("ascii", "replace").partition(":")
         if not colon:
-            raise ScanFailed(f"unexpected header line {_printable(line)!r}")
+            raise ScanFailed(f"unexpected header line {printable(line)!r}")
         name = name.strip().lower()
         if name == "spam":
             spam = value.strip()
         elif name == "content-length":
             if not value.strip().isdigit() or not value.strip().isascii():
-                raise ScanFailed(f"bad Content-length {_printable(line)!r}")
+                raise ScanFailed(f"bad Content-length {printable(line)!r}")
             length = int(value)
     if length is not None and len(body) != length:
         raise ScanFailed(f"answer cut at {len(body)} of {length} bytes of rule names")
     if spam is None:
-        raise ScanFailed(f"answer without a Spam header {_printable(data)!r}")
+        raise ScanFailed(f"answer without a Spam header {printable(data)!r}")
     score, required = _spam_header(spam)
     return Score(score, required, _rules(body))
 
@@ -290,10 +217,5 @@ def _rules(body: bytes) -> tuple[str, ...]:
     names = tuple(name for name in names if name)
     for name in names:
         if len(name) > MAX_RULE or not RULE_CHARS.issuperset(name):
-            raise ScanFailed(f"bad rule name {_printable(name.encode())!r}")
+            raise ScanFailed(f"bad rule name {printable(name.encode())!r}")
     return names
-
-
-def _printable(data: bytes) -> str:
-    """``data`` as printable ASCII, anything else as ``?``: spamd's text goes into logs."""
-    return "".join(chr(b) if 0x20 <= b < 0x7F else "?" for b in data[:200])
