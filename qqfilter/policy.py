@@ -7,8 +7,14 @@ accept with every header the checks asked for. Exit codes are not chosen here: t
 contract's business (qqfilter.outcome).
 """
 
+from __future__ import annotations
+
 from qqfilter.checks import Finding
 from qqfilter.settings import DROP_CATEGORIES, SCANERROR, Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 ACCEPT = "accept"
 REJECT = "reject"
@@ -67,7 +73,7 @@ class Verdict:
         headers: tuple[tuple[str, str], ...] = (),
         notes: tuple[str, ...] = (),
         edits: tuple[tuple[int, int, bytes], ...] = (),
-    ) -> "Verdict":
+    ) -> Verdict:
         """A verdict explained by ``finding``."""
         default_status = "4.3.0" if action == TEMPFAIL else "5.7.1"
         return cls(
@@ -103,7 +109,19 @@ def judge(findings: list[Finding], settings: Settings) -> Verdict:
         if not (finding.category == "virus" and settings[SCANERROR] == "accept"):
             return Verdict.from_finding(TEMPFAIL, finding, notes=notes)
     headers = tuple(field for finding in findings for field in finding.headers)
-    edits = tuple(sorted(edit for finding in findings for edit in finding.edits))
+    edits = _apart(edit for finding in findings for edit in finding.edits)
     if unknown:
         return Verdict.from_finding(ACCEPT, unknown[0], headers=headers, notes=notes, edits=edits)
     return Verdict(ACCEPT, headers=headers, notes=notes, edits=edits)
+
+
+def _apart(edits: Iterable[tuple[int, int, bytes]]) -> tuple[tuple[int, int, bytes], ...]:
+    """The edits in order, each once, and none that reaches into one before it: two checks
+    asking for the same change (spamd and rspamd both prefixing the Subject) make it once,
+    and handoff's copy around them never goes backwards."""
+    kept: list[tuple[int, int, bytes]] = []
+    for edit in sorted(set(edits)):
+        if kept and (edit[0] < kept[-1][1] or edit[0] == kept[-1][0]):
+            continue
+        kept.append(edit)
+    return tuple(kept)

@@ -7,6 +7,7 @@ Each runs on what hypothesis makes; the end-to-end behaviour is tested where eac
 """
 
 import io
+import itertools
 import os
 
 import pytest
@@ -197,3 +198,31 @@ def test_header_fields_are_found_in_order_without_overlap(data):
     for _name, start, value_at, end in found:
         assert at <= start <= value_at <= end <= len(data)
         at = end
+
+
+def test_two_checks_asking_the_same_edit_make_it_once():
+    """spamd and rspamd both flag a message with QQF_SPAMSUBJECT set: one prefix, not two;
+    an edit reaching into an earlier one is dropped (the copy around edits never goes back)."""
+    from qqfilter.checks import Finding
+    from qqfilter.policy import judge
+    from qqfilter.settings import Settings
+
+    prefix = (30, 30, b"[SPAM] ")
+    findings = [
+        Finding("spamd", Finding.CLEAN, edits=(prefix,)),
+        Finding("rspamd", Finding.CLEAN, edits=(prefix, (10, 20, b""), (15, 25, b""))),
+    ]
+    assert judge(findings, Settings.defaults()).edits == ((10, 20, b""), prefix)
+
+
+@given(st.lists(st.tuples(st.integers(0, 50), st.integers(0, 20), st.binary(max_size=3))))
+def test_the_edits_handed_on_never_overlap(raw):
+    from qqfilter.checks import Finding
+    from qqfilter.policy import judge
+    from qqfilter.settings import Settings
+
+    edits = tuple((start, start + length, new) for start, length, new in raw)
+    kept = judge([Finding("x", Finding.CLEAN, edits=edits)], Settings.defaults()).edits
+    assert list(kept) == sorted(kept)
+    for before, after in itertools.pairwise(kept):
+        assert before[1] <= after[0] and before[0] != after[0]
