@@ -1,0 +1,342 @@
+"""Sender hygiene: a family of check units about the client and the envelope sender, judged
+before the content, as s/qmail's qmail-smtpd, rblsmtpd and rhost-check judge them in the SMTP
+dialogue (stock qmail and netqmail have none of it without patches).
+
+Its units, each off by default and set per connection like every setting:
+
+- ``helo``: s/qmail's HELOCHECK with control/badhelo (Reject::SNDR::Bad_Helo, DNS_Helo);
+- ``sender``: s/qmail's MFDNSCHECK and LOCALMFCHECK (Reject::ORIG::DNS_MF, Invalid_Mailfrom);
+- ``rdns``: QQF_RDNS, the client's reverse DNS (Reject::SNDR::DNS_Rhost);
+- ``dnsbl``: QQF_DNSBL with QQF_DNSBLSCORE, and rblsmtpd's RBLSMTPD (Reject::SNDR::DNSBL,
+  Reject::SNDR::RBLSMTPD).
+
+This package declares no NAME: it is a family (qqfilter.checks). What the units share is here:
+who the client is (``client``: its address, HELO name and host name, read once the way SPF
+reads them), when a unit does not judge at all (``skipped``: RELAYCLIENT, local injection, a
+client on a QQF_DNSWL allow list), the DNS questions (``Lookups``: one deadline, QQF_DNSTIMEOUT,
+for all the lookups of one unit; every failure is ``Undecided``, never an answer), the
+reversed names of the DNS lists, and whether a domain is one of ours (``ours``, as qmail's
+rcpthosts and morercpthosts.cdb say). Each unit lists SHARED in its SETTINGS, the same row
+objects, so settings.load reads each once.
+
+A lookup that cannot be done never refuses: helo, sender and rdns make it "could not decide"
+(451, the client tries again, as s/qmail answers "451 DNS temporary failure"); dnsbl accepts
+and notes it, as every DNS list client does (a list that does not answer lists nobody).
+"""
+
+from __future__ import annotations
+
+import os
+
+from qqfilter import control
+from qqfilter.checks import Finding
+from qqfilter.message import Message
+from qqfilter.settings import QMAILHOME, Setting, Settings, seconds
+from qqfilter.shared.resolver import DNS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import dns.resolver
+
+
+class Zone:
+    """One DNS list: its ``zone``, the answers that count (``codes``: empty = any answer in
+    127.0.0.0/8) and its ``weight``. A hand-written ``__slots__`` record, as on the whole
+    queue path."""
+
+    __slots__ = ("codes", "spelled", "weight", "zone")
+
+    def __init__(self, zone: str, codes: frozenset[str], weight: float, spelled: str) -> None:
+        self.zone = zone
+        self.codes = codes
+        self.weight = weight
+        self.spelled = spelled
+
+
+def zone_list(value: object) -> tuple[Zone, ...]:
+    """A comma list (a TOML array) of DNS lists in Postfix postscreen's spelling:
+    ``zone[=code[;code...]][*weight]``, a code being ``127.0.0.2`` or a last-octet range
+    ``127.0.0.[2..11]``: ``zen.spamhaus.org=127.0.0.[2..11]*3,bl.spamcop.net``."""
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError("must be a comma list of zone[=127.0.0.x][*weight]")
+    found = []
+    for item in value.split(","):
+        item = item.strip()
+        if item:
+            found.append(_zone(item))
+    if len(found) > MAX_ZONES:
+        raise ValueError(f"names more than {MAX_ZONES} lists")
+    return tuple(found)
+
+
+MAX_ZONES = 20
+"""Lists one setting may name: each is a lookup for every message."""
+
+
+def _zone(item: str) -> Zone:
+    spelled = item
+    weight = 1.0
+    if "*" in item:
+        item, _, number = item.rpartition("*")
+        try:
+            weight = float(number)
+        except ValueError:
+            raise ValueError(f"{spelled!r}: the weight after * must be a number") from None
+        if weight != weight or abs(weight) == float("inf"):
+            raise ValueError(f"{spelled!r}: the weight must be a finite number")
+    zone, _, filters = item.partition("=")
+    zone = zone.strip().rstrip(".").lower()
+    labels = zone.split(".")
+    if len(labels) < 2 or len(zone) > 200 or not all(_label(label) for label in labels):
+        raise ValueError(f"{spelled!r}: {zone!r} is not a DNS zone")
+    codes: set[str] = set()
+    for code in filters.split(";") if filters else ():
+        codes.update(_codes(code.strip(), spelled))
+    return Zone(zone, frozenset(codes), weight, spelled)
+
+
+def _label(label: str) -> bool:
+    return 0 < len(label) <= 63 and all(c.isalnum() or c in "-_" for c in label)
+
+
+def _codes(code: str, spelled: str) -> list[str]:
+    """``127.0.0.2`` or ``127.0.0.[2..11]``, as addresses."""
+    head, bracket, last = code.partition(".[")
+    if bracket and last.endswith("]") and ".." in last:
+        low, _, high = last[:-1].partition("..")
+        if low.isdigit() and high.isdigit() and int(low) <= int(high) <= 255:
+            return [_address(f"{head}.{n}", spelled) for n in range(int(low), int(high) + 1)]
+        raise ValueError(f"{spelled!r}: {code!r} is not a range like 127.0.0.[2..11]")
+    return [_address(code, spelled)]
+
+
+def _address(code: str, spelled: str) -> str:
+    parts = code.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
+        raise ValueError(f"{spelled!r}: {code!r} is not an IPv4 address like 127.0.0.2")
+    return ".".join(str(int(p)) for p in parts)
+
+
+DNSTIMEOUT = Setting(
+    "dnstimeout",
+    "QQF_DNSTIMEOUT",
+    10.0,
+    seconds,
+    "seconds the DNS lookups of one sender hygiene check (HELO, sender, reverse DNS, DNS "
+    "lists) may take in all; then it could not decide",
+)
+DNSWL: Setting[tuple[Zone, ...]] = Setting(
+    "dnswl",
+    "QQF_DNSWL",
+    (),
+    zone_list,
+    "DNS allow lists (zone[=127.0.0.x][*weight], comma list): a listed client skips the "
+    "sender hygiene checks (HELO, sender, reverse DNS, DNS block lists)",
+)
+SHARED = (DNS, DNSTIMEOUT, DNSWL)
+"""The rows every unit of the family owns (the same objects, so settings.load reads each once)."""
+
+
+class Undecided(Exception):
+    """A DNS question that got no answer (timeout, SERVFAIL, no server, the deadline passed):
+    the text says which question and why."""
+
+
+class Lookups:
+    """The DNS questions of one unit for one message: all under one deadline (QQF_DNSTIMEOUT)
+    and through the project's resolver (QQF_DNS, its cache in a resident server).
+
+    ``ask`` returns the records' texts (``[]`` when the name or the type does not exist) or
+    raises Undecided; nothing from dnspython escapes."""
+
+    __slots__ = ("deadline", "resolver")
+
+    def __init__(self, settings: Settings) -> None:
+        import time
+
+        self.deadline = time.monotonic() + settings[DNSTIMEOUT]
+        self.resolver: dns.resolver.Resolver | None = None
+        from qqfilter.shared.resolver import make_resolver
+
+        try:
+            self.resolver = make_resolver(settings[DNS])
+        except OSError as exc:
+            raise Undecided(str(exc)) from None
+
+    def ask(self, name: str, qtype: str) -> list[str]:
+        """The texts of ``name``'s ``qtype`` records: an address for A/AAAA, ``pref host``
+        for MX (host without its final dot), a host for PTR."""
+        import time
+
+        import dns.exception
+        import dns.name
+        import dns.resolver
+
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Undecided(f"DNS deadline passed before {qtype} {name}")
+        assert self.resolver is not None
+        try:
+            answers = self.resolver.resolve(name, qtype, lifetime=left, search=False)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            return []
+        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
+            return []  # a name that cannot exist has no records
+        except dns.exception.Timeout:
+            raise Undecided(f"DNS timeout looking up {qtype} {name}") from None
+        except dns.resolver.NoNameservers:
+            raise Undecided(f"DNS servers failed for {qtype} {name}") from None
+        except dns.exception.DNSException as exc:
+            raise Undecided(f"DNS error for {qtype} {name}: {type(exc).__name__}") from None
+        found = []
+        for rdata in answers:
+            if qtype in ("A", "AAAA"):
+                found.append(rdata.address)
+            elif qtype == "MX":
+                found.append(f"{rdata.preference} {rdata.exchange.to_text(True)}")
+            elif qtype == "PTR":
+                found.append(rdata.target.to_text(True))
+            else:
+                found.append(rdata.to_text())
+        return found
+
+    def addresses(self, name: str) -> list[str]:
+        """The A and AAAA addresses of ``name`` (Undecided if either question failed)."""
+        return self.ask(name, "A") + self.ask(name, "AAAA")
+
+
+class Client:
+    """Who the SMTP client is: ``ip`` (an IPv4-mapped IPv6 address as IPv4), the ``helo`` name
+    (HELOHOST from a patched qmail-smtpd, else qmail-smtpd's Received line, else the host name
+    it equalled; "" when none could be found), ``helo_said`` (whether a HELO name was seen,
+    not inferred) and ``host`` (TCPREMOTEHOST, as tcpserver -h found it; None when unknown).
+    A hand-written ``__slots__`` record."""
+
+    __slots__ = ("helo", "helo_said", "host", "ip")
+
+    def __init__(self, ip: str, helo: str, helo_said: bool, host: str | None) -> None:
+        self.ip = ip
+        self.helo = helo
+        self.helo_said = helo_said
+        self.host = host
+
+
+def client(message: Message) -> Client | None:
+    """The client of ``message``; None for mail injected locally (no TCPREMOTEIP)."""
+    connection = message.connection
+    raw = connection.remote_ip
+    if not raw:
+        return None
+    ip = raw
+    if ip.lower().startswith("::ffff:") and "." in ip:
+        ip = ip[7:]
+    host = connection.remote_host
+    if host and host.lower() == "unknown":
+        host = None
+    helo, said = connection.helo, connection.helo is not None
+    if helo is None and connection.environ is not None and "HELOHOST" in connection.environ:
+        helo, said = connection.environ["HELOHOST"], True  # set but empty: an empty HELO
+    if helo is None:
+        from qqfilter.shared.received import helo_from_message
+
+        helo = helo_from_message(message.spool, raw)  # as qmail-smtpd wrote it
+        said = helo is not None
+        if helo is None or helo == (connection.remote_host or "unknown"):
+            helo = host or ""  # qmail-smtpd leaves "(HELO ...)" out when it equalled the host
+            said = False
+    return Client(ip, helo, said, host)
+
+
+def skipped(name: str, message: Message, settings: Settings) -> Finding | None:
+    """The note a unit gives instead of judging: mail from RELAYCLIENT (s/qmail's "split
+    horizon": these checks are for outside clients), mail injected locally, a client on a
+    QQF_DNSWL list; None when the unit judges."""
+    if message.connection.relayclient:
+        return Finding(name, Finding.CLEAN, "skipped: RELAYCLIENT")
+    found = client(message)
+    if found is None:
+        return Finding(name, Finding.CLEAN, "skipped: local injection")
+    zone = allowlisted(found.ip, settings)
+    if zone:
+        return Finding(name, Finding.CLEAN, f"skipped: {found.ip} is listed in {zone}")
+    return None
+
+
+def allowlisted(ip: str, settings: Settings) -> str:
+    """The first QQF_DNSWL zone that lists ``ip``, or "" (also when none answers: an allow
+    list that cannot be asked allows nobody). Every unit asks; the resolver's cache answers
+    all but the first."""
+    zones = settings[DNSWL]
+    if not zones:
+        return ""
+    try:
+        lookups = Lookups(settings)
+        for zone in zones:
+            if listing(lookups, ip, zone):
+                return zone.zone
+    except Undecided:
+        return ""
+    return ""
+
+
+def listing(lookups: Lookups, ip: str, zone: Zone) -> list[str]:
+    """The answers of ``zone`` for ``ip`` that count (its codes, else any 127.0.0.0/8
+    address: anything else is a list's error or a wildcard, not a listing). Raises
+    Undecided."""
+    name = reversed_name(ip)
+    if name is None:
+        return []
+    answers = lookups.ask(f"{name}.{zone.zone}", "A")
+    if zone.codes:
+        return [a for a in answers if a in zone.codes]
+    return [a for a in answers if a.startswith("127.")]
+
+
+def reversed_name(ip: str) -> str | None:
+    """``ip`` as DNS lists (and in-addr.arpa/ip6.arpa) spell it, without the zone:
+    ``2.0.0.192`` for 192.0.0.2, 32 nibbles for IPv6; None for what is not an address."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    pointer = address.reverse_pointer  # 2.0.0.192.in-addr.arpa / ...ip6.arpa
+    return pointer.rsplit(".", 2)[0]
+
+
+def ours(qmailhome: str, domain: str) -> bool:
+    """Whether qmail takes mail for ``domain`` from anyone (qmail-smtpd's rcpthosts check):
+    a line of control/rcpthosts equal to it or ``.parent`` for any of its parents (so
+    ``.example.com`` takes every host under example.com, not example.com itself), or a key
+    of control/morercpthosts.cdb in the same two forms."""
+    domain = domain.lower().rstrip(".")
+    if not domain:
+        return False
+    labels = domain.split(".")
+    candidates = [domain] + ["." + ".".join(labels[i:]) for i in range(1, len(labels))]
+    hosts = {line.strip().lower() for line in control.lines(qmailhome, "rcpthosts") or ()}
+    if any(name in hosts for name in candidates):
+        return True
+    path = os.path.join(qmailhome, "control", "morercpthosts.cdb")
+    data = control.read_trusted(path, "control/morercpthosts.cdb", 1 << 26)
+    if not data:
+        return False
+    import cdblib
+
+    try:
+        reader = cdblib.Reader(data)
+        return any(reader.get(name.encode("utf-8", "replace")) is not None for name in candidates)
+    except Exception:  # a damaged cdb: qmail-smtpd would fail "unable to read controls"
+        from qqfilter.exitcodes import CONFIG_ERROR, QueueError
+
+        raise QueueError(CONFIG_ERROR, f"control/morercpthosts.cdb: {path} is damaged") from None
+
+
+def qmailhome(settings: Settings) -> str:
+    """QQF_QMAILHOME: where the control files are."""
+    return settings[QMAILHOME]
