@@ -175,6 +175,7 @@ def test_qmail_send_log_shows_the_bounces_this_server_sent(tmp_path):
     text = stats(str(log)).stdout
     assert f"{_day(DAY1):<17} {1:>12} {0:>10} {1:>7} {0:>9}" in text
     assert "victim@innocent.example" in text
+    assert "refusals by group" not in text  # no line of qqfilter's: no block of zeros
 
 
 def test_a_missing_log_is_an_error_with_its_name(tmp_path):
@@ -383,3 +384,284 @@ def test_gzip_members_one_after_another_read_as_their_concatenation(sizes, paddi
     got = b"".join(c for c in logread._gunzip(io.BytesIO(data), "x.gz", notes) if c)
     assert got == b"".join(parts)
     assert notes == []
+
+
+# refusals by group, as s/qmail's qmail-mrtg groups them
+
+GROUPED = [
+    # (verdict, check, tag): (group, series)
+    (("reject", "helo", "Reject::SNDR::Bad_Helo"), ("sender", "helo")),
+    (("reject", "helo", "Reject::SNDR::DNS_Helo"), ("sender", "helo")),
+    (("reject", "rdns", "Reject::SNDR::DNS_Rhost"), ("sender", "client")),
+    (("reject", "dnsbl", "Reject::SNDR::DNSBL"), ("sender", "client")),
+    (("reject", "dnsbl", "Reject::SNDR::RBLSMTPD"), ("sender", "client")),
+    (("reject", "", "Reject::SNDR::Invalid_Relay"), ("sender", "client")),
+    (("reject", "sender", "Reject::ORIG::Bad_Mailfrom"), ("originator", "bad")),
+    (("reject", "sender", "Reject::ORIG::Invalid_Mailfrom"), ("originator", "bad")),
+    (("reject", "sender", "Reject::ORIG::Local_Mailfrom"), ("originator", "bad")),
+    (("reject", "sender", "Reject::ORIG::DNS_MF"), ("originator", "dns")),
+    (("reject", "spf", "Reject::SPF::Fail"), ("originator", "spf")),
+    (("reject", "", "Reject::RCPT::Bad_Rcptto"), ("recipient", "bad")),
+    (("reject", "recipients", "Reject::RCPT::Toomany_Rcptto"), ("recipient", "bad")),
+    (("reject", "recipients", "Reject::RCPT::Failed_Rcptto"), ("recipient", "failed")),
+    (("reject", "mime", "Reject::DATA::Bad_MIME"), ("base64", "mime")),
+    (("reject", "mime", "Reject::DATA::Bad_Loader"), ("base64", "loader")),
+    (("reject", "clamd", "Reject::DATA::Virus_Infected"), ("data", "virus")),
+    (("reject", "qhpsi", "Reject::DATA::Virus_Infected"), ("data", "virus")),
+    (("reject", "spamd", "Reject::DATA::Spam_Message"), ("data", "spam")),
+    (("drop", "rspamd", "Reject::DATA::Spam_Message"), ("data", "spam")),  # a drop is refused
+    (("reject", "mime", "Reject::DATA::MIME_Attach"), ("data", "attachment")),
+    (("reject", "size", "Reject::DATA::Invalid_Size"), ("data", "size")),
+    # no tag: the check's name places it
+    (("reject", "helo", ""), ("sender", "helo")),
+    (("reject", "dnsbl", ""), ("sender", "client")),
+    (("reject", "sender", ""), ("originator", "bad")),
+    (("reject", "recipients", ""), ("recipient", "failed")),
+    (("reject", "clamd", ""), ("data", "virus")),
+    # a tag of a known family, unknown: the group's "other"; a family none has: by check
+    (("reject", "helo", "Reject::SNDR::Greetdelay"), ("sender", "other")),
+    (("reject", "spamd", "Reject::DATA::Bad_Header"), ("data", "other")),
+    (("reject", "spf", "Reject::XYZ::Odd"), ("originator", "spf")),
+    # nothing places it: the group "other", under what was logged
+    (("reject", "", "Reject::XYZ::Odd"), ("other", "Reject::XYZ::Odd")),
+    (("drop", "newcheck", ""), ("other", "newcheck")),
+    (("reject", "", ""), ("other", "untagged")),
+]
+NOT_REFUSED = [
+    ("accept", "", ""),
+    ("accept", "clamd", ""),  # QQF_SCANERROR=accept: let through, not refused
+    ("tempfail", "helo", ""),
+    ("tempfail", "clamd", "Reject::DATA::Virus_Infected"),  # a tag does not make it a refusal
+    ("tempfail", "spf", "Reject::SPF::Fail"),
+    ("error", "", ""),
+]
+
+
+def log_lines(rows, start: int = DAY1, style: str = "text", step: int = 60) -> str:
+    """qqfilter's own log lines (qqfilter.logline writes them), stamped as multilog does."""
+    from qqfilter.logline import format_line
+
+    out = []
+    for i, (verdict, check, tag) in enumerate(rows):
+        fields = {
+            "pid": 100 + i,
+            "verdict": verdict,
+            "code": 31 if verdict == "reject" else 0,
+            "check": check,
+            "tag": tag,
+            "reason": "as said" if verdict != "accept" else "",
+            "ip": "192.0.2.7",
+            "from": "<alice@example.com>",
+            "rcpts": 1,
+            "size": 396,
+            "ms": 4,
+        }
+        out.append(f"{tai64n(start + i * step)} {format_line(fields, style)}\n")
+    return "".join(out)
+
+
+def expected_groups(places) -> dict[str, dict[str, int]]:
+    from qqfilter.tools.stats import groups
+
+    found = groups.empty()
+    for group, series in places:
+        row = found.setdefault(group, {})
+        row[series] = row.get(series, 0) + 1
+    return found
+
+
+@pytest.mark.parametrize("style", ["text", "json"])
+def test_each_refusal_counts_in_its_group_and_series(tmp_path, style):
+    log = tmp_path / "current"
+    log.write_text(log_lines([row for row, _ in GROUPED] + NOT_REFUSED, style=style))
+    out = stats("--json", str(log))
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["groups"] == expected_groups(place for _, place in GROUPED)
+    assert list(data["groups"]) == [
+        "sender",
+        "originator",
+        "recipient",
+        "base64",
+        "data",
+        "other",
+    ]
+    assert list(data["groups"]["other"]) == ["Reject::XYZ::Odd", "newcheck", "untagged"]
+    refusals = sum(n for series in data["groups"].values() for n in series.values())
+    assert refusals == len(GROUPED) == data["totals"]["reject"] + data["totals"]["drop"]
+
+
+def test_tempfails_accepts_and_errors_are_not_refusals(tmp_path):
+    log = tmp_path / "current"
+    log.write_text(log_lines(NOT_REFUSED * 3))
+    data = json.loads(stats("--json", str(log)).stdout)
+    assert data["totals"] == {"accept": 6, "tempfail": 9, "error": 3}
+    assert data["groups"] == expected_groups([])
+    assert "other" not in data["groups"]
+    assert data["groups_by_period"] == {}
+    assert stats("--mrtg", "data", str(log)).stdout.splitlines()[:2] == ["0", "0"]
+
+
+def test_groups_per_period_in_json_and_text(tmp_path):
+    day1 = [("reject", "spamd", "Reject::DATA::Spam_Message")] * 2 + [
+        ("reject", "helo", "Reject::SNDR::Bad_Helo"),
+        ("tempfail", "clamd", ""),
+    ]
+    day2 = [
+        ("reject", "recipients", "Reject::RCPT::Failed_Rcptto"),
+        ("drop", "clamd", "Reject::DATA::Virus_Infected"),
+        ("accept", "", ""),
+    ]
+    log = tmp_path / "current"
+    log.write_text(log_lines(day1) + log_lines(day2, start=DAY1 + 86400))
+    data = json.loads(stats("--json", str(log)).stdout)
+    first, second = _day(DAY1), _day(DAY1 + 86400)
+    assert data["groups_by_period"] == {
+        first: {"sender": {"helo": 1}, "data": {"spam": 2}},
+        second: {"recipient": {"failed": 1}, "data": {"virus": 1}},
+    }
+    assert data["groups"]["data"] == {"virus": 1, "spam": 2, "attachment": 0, "size": 0}
+    text = stats(str(log)).stdout
+    block = text[text.index("refusals by group") :].splitlines()
+    assert block == [
+        "refusals by group (verdicts reject and drop):",
+        f"{'period':<17} {'group':<11} series",
+        f"{first:<17} {'sender':<11} helo 1",
+        f"{first:<17} {'data':<11} spam 2",
+        f"{second:<17} {'recipient':<11} failed 1",
+        f"{second:<17} {'data':<11} virus 1",
+        f"{'all':<17} {'sender':<11} client 0  helo 1",
+        f"{'all':<17} {'originator':<11} bad 0  dns 0  spf 0",
+        f"{'all':<17} {'recipient':<11} bad 0  failed 1",
+        f"{'all':<17} {'base64':<11} mime 0  loader 0",
+        f"{'all':<17} {'data':<11} virus 1  spam 2  attachment 0  size 0",
+    ]
+    hourly = json.loads(stats("--json", "--by", "hour", str(log)).stdout)
+    assert list(hourly["groups_by_period"]) == [f"{first} 00:00", f"{second} 00:00"]
+
+
+MRTG_LOG = (
+    [("reject", "rdns", "Reject::SNDR::DNS_Rhost")] * 1
+    + [("reject", "helo", "Reject::SNDR::Bad_Helo")] * 2
+    + [("reject", "sender", "Reject::ORIG::Invalid_Mailfrom")] * 3
+    + [("reject", "sender", "Reject::ORIG::DNS_MF")] * 4
+    + [("reject", "spf", "Reject::SPF::Fail")] * 9  # originator, but not in its MRTG pair
+    + [("reject", "", "Reject::RCPT::Bad_Rcptto")] * 5
+    + [("reject", "recipients", "Reject::RCPT::Failed_Rcptto")] * 6
+    + [("reject", "mime", "Reject::DATA::Bad_MIME")] * 7
+    + [("reject", "mime", "Reject::DATA::Bad_Loader")] * 8
+    + [("reject", "clamd", "Reject::DATA::Virus_Infected")] * 10
+    + [("drop", "spamd", "Reject::DATA::Spam_Message")] * 11
+    + [("reject", "mime", "Reject::DATA::MIME_Attach")] * 12  # data, not in its MRTG pair
+    + [("tempfail", "clamd", "")] * 13
+    + [("accept", "", "")] * 14
+)
+
+
+@pytest.mark.parametrize(
+    ("selector", "lines"),
+    [
+        ("sender", ["1", "2", "sender"]),  # as qmail-mrtg -c: the client (relay), then HELO
+        ("originator", ["3", "4", "originator"]),
+        ("recipient", ["5", "6", "recipient"]),
+        ("base64", ["7", "8", "base64"]),
+        ("data", ["10", "11", "data"]),  # as qmail-mrtg -g: virus, then spam
+        ("c", ["1", "2", "sender"]),
+        ("d", ["3", "4", "originator"]),
+        ("e", ["5", "6", "recipient"]),
+        ("f", ["7", "8", "base64"]),
+        ("g", ["10", "11", "data"]),
+        ("-c", ["1", "2", "sender"]),
+        ("mx1.example.org", ["14", str(len(MRTG_LOG) - 14), "mx1.example.org"]),
+    ],
+)
+def test_mrtg_for_a_group_prints_its_two_series(tmp_path, selector, lines):
+    log = tmp_path / "current"
+    log.write_text(log_lines(MRTG_LOG, step=10))
+    span = (len(MRTG_LOG) - 1) * 10
+    out = stats(f"--mrtg={selector}", str(log))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        *lines[:2],
+        f"{span // 3600}:{span % 3600 // 60:02d}",
+        lines[2],
+    ]
+
+
+def test_the_groups_table_places_every_tag_once():
+    """One table: each tag, family and check in one series only; two series at least for
+    MRTG; qmail-mrtg's letters, each once; and it places what it lists where it lists it."""
+    from qqfilter.tools.stats import groups
+
+    seen: list[str] = []
+    for group in groups.GROUPS:
+        assert len(group.series) >= 2
+        assert groups.find(group.name) is groups.find(group.letter) is group
+        for series in group.series:
+            assert series.name != groups.OTHER
+            seen += list(series.tags) + [f"check {c}" for c in series.checks]
+            for tag in series.tags:
+                probe = tag + "Anything" if tag.endswith("::") else tag
+                assert groups.place(probe, "") == (group.name, series.name)
+            for check in series.checks:
+                assert groups.place("", check) == (group.name, series.name)
+        for family in group.families:
+            seen.append(family)
+            assert groups.place(family + "New_Tag", "") == (group.name, groups.OTHER)
+    assert len(seen) == len(set(seen))
+    assert [g.letter for g in groups.GROUPS] == list("cdefg")
+    assert groups.find("sndr") is None and groups.find("h") is None
+
+
+def test_every_tag_qqfilter_logs_has_a_group():
+    """The tags the checks write (their source says ``Reject::...``) are all in the table."""
+    import re
+
+    from qqfilter.tools.stats import groups
+
+    root = Path(__file__).resolve().parent.parent / "qqfilter" / "checks"
+    tags = set()
+    for source in root.rglob("*.py"):
+        text = source.read_text()
+        tags |= set(re.findall(r"Reject::[A-Z]+::[A-Za-z_]+", text))
+        tags |= {f"Reject::DATA::{t}" for t in re.findall(r'_refuse\([^)]*"(\w+)"\)', text)}
+    tags.add("Reject::DATA::MIME_Attach")  # the mime check's default tag
+    assert tags
+    for tag in sorted(tags):
+        group, series = groups.place(tag, "")
+        assert group != groups.OTHER and series != groups.OTHER, tag
+
+
+def test_the_plot_by_group_carries_its_numbers(tmp_path):
+    pytest.importorskip("matplotlib")
+    log = tmp_path / "current"
+    log.write_text(log_lines([*MRTG_LOG, ("error", "", "")]))
+    picture = tmp_path / "groups.png"
+    out = stats("--plot", str(picture), "--plot-by", "group", str(log))
+    assert out.returncode == 0, out.stderr
+    day = _day(DAY1)
+    assert plotted(picture) == {
+        day: {
+            "accepted": 14,
+            "sender": 3,
+            "originator": 16,
+            "recipient": 11,
+            "base64": 15,
+            "data": 33,
+            "tempfail": 13,
+            "error": 1,
+        }
+    }
+    by_tag = tmp_path / "tags.png"
+    assert stats("--plot", str(by_tag), "--plot-by", "tag", str(log)).returncode == 0
+    assert len(plotted(by_tag)[day]) == 15  # accepted, 12 tags, tempfail clamd, error
+    auto = tmp_path / "auto.png"  # more than 10 kinds of bar: by group
+    assert stats("--plot", str(auto), str(log)).returncode == 0
+    assert plotted(auto) == plotted(picture)
+
+
+def plotted(picture: Path) -> dict:
+    """The numbers a plot drew, from its ``qqfilter`` text chunk."""
+    chunks = png_chunks(picture.read_bytes())
+    (text,) = [c for c in chunks.get("tEXt", []) if c.startswith(b"qqfilter\0")]
+    return json.loads(text.split(b"\0", 1)[1])
