@@ -55,8 +55,11 @@ class Zone:
 
 def zone_list(value: object) -> tuple[Zone, ...]:
     """A comma list (a TOML array) of DNS lists in Postfix postscreen's spelling:
-    ``zone[=code[;code...]][*weight]``, a code being ``127.0.0.2`` or a last-octet range
-    ``127.0.0.[2..11]``: ``zen.spamhaus.org=127.0.0.[2..11]*3,bl.spamcop.net``."""
+    ``zone[=filter[;filter...]][*weight]``. A filter is an address whose numbers may each be
+    a pattern in brackets, postscreen's ``[2..11]`` or ``[2;4;10..11]``: ``127.0.0.2``,
+    ``127.0.0.[2..11]``, ``127.0.[2..15].[0..3]``. Several filters after ``=`` are
+    separated by ``;`` outside the brackets:
+    ``zen.spamhaus.org=127.0.0.[2..11]*3,bl.spamcop.net``."""
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         value = ",".join(value)
     if not isinstance(value, str):
@@ -73,6 +76,10 @@ def zone_list(value: object) -> tuple[Zone, ...]:
 
 MAX_ZONES = 20
 """Lists one setting may name: each is a lookup for every message."""
+MAX_CODES = 4096
+"""Answers the filters of one list may name in all (``127.0.[0..15].[0..255]``)."""
+MAX_WEIGHT = 1000000.0
+"""The largest weight, either way: twenty of them still add up to an exact number."""
 
 
 def _zone(item: str) -> Zone:
@@ -84,16 +91,23 @@ def _zone(item: str) -> Zone:
             weight = float(number)
         except ValueError:
             raise ValueError(f"{spelled!r}: the weight after * must be a number") from None
-        if weight != weight or abs(weight) == float("inf"):
-            raise ValueError(f"{spelled!r}: the weight must be a finite number")
-    zone, _, filters = item.partition("=")
+        if not abs(weight) <= MAX_WEIGHT:  # also NaN
+            raise ValueError(
+                f"{spelled!r}: the weight must be a number from {-MAX_WEIGHT:.0f} "
+                f"to {MAX_WEIGHT:.0f}"
+            )
+    zone, equals, filters = item.partition("=")
     zone = zone.strip().rstrip(".").lower()
     labels = zone.split(".")
     if len(labels) < 2 or len(zone) > 200 or not all(_label(label) for label in labels):
         raise ValueError(f"{spelled!r}: {zone!r} is not a DNS zone")
+    if equals and not filters.strip():
+        raise ValueError(f"{spelled!r}: no answer after =")
     codes: set[str] = set()
-    for code in filters.split(";") if filters else ():
+    for code in _outside_brackets(filters, ";") if filters else ():
         codes.update(_codes(code.strip(), spelled))
+        if len(codes) > MAX_CODES:
+            raise ValueError(f"{spelled!r}: the filters name more than {MAX_CODES} answers")
     return Zone(zone, frozenset(codes), weight, spelled)
 
 
@@ -102,21 +116,64 @@ def _label(label: str) -> bool:
 
 
 def _codes(code: str, spelled: str) -> list[str]:
-    """``127.0.0.2`` or ``127.0.0.[2..11]``, as addresses."""
-    head, bracket, last = code.partition(".[")
-    if bracket and last.endswith("]") and ".." in last:
-        low, _, high = last[:-1].partition("..")
-        if low.isdigit() and high.isdigit() and int(low) <= int(high) <= 255:
-            return [_address(f"{head}.{n}", spelled) for n in range(int(low), int(high) + 1)]
-        raise ValueError(f"{spelled!r}: {code!r} is not a range like 127.0.0.[2..11]")
-    return [_address(code, spelled)]
+    """The answers one filter names, as addresses: ``127.0.0.2``, or with postscreen's
+    patterns for any of its numbers, ``127.0.0.[2..11]``, ``127.0.[2..15].[0;1;3]``."""
+    parts = _outside_brackets(code, ".")
+    wrong = f"{spelled!r}: {code!r} is not an answer like 127.0.0.2 or 127.0.0.[2..11]"
+    if len(parts) != 4:
+        raise ValueError(wrong)
+    choices: list[list[int]] = []
+    size = 1
+    for part in parts:
+        numbers = _octet(part)
+        if not numbers:
+            raise ValueError(wrong)
+        choices.append(numbers)
+        size *= len(numbers)
+    if size > MAX_CODES:
+        raise ValueError(f"{spelled!r}: {code!r} names more than {MAX_CODES} answers")
+    found = [""]
+    for numbers in choices:
+        found = [f"{head}.{n}" if head else str(n) for head in found for n in numbers]
+    return found
 
 
-def _address(code: str, spelled: str) -> str:
-    parts = code.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and int(p) <= 255 for p in parts):
-        raise ValueError(f"{spelled!r}: {code!r} is not an IPv4 address like 127.0.0.2")
-    return ".".join(str(int(p)) for p in parts)
+def _octet(part: str) -> list[int]:
+    """The numbers one part of a filter names (``2``, ``[2..11]``, ``[2;4;10..11]``); [] when
+    it is not one."""
+    if part.startswith("[") and part.endswith("]"):
+        numbers: list[int] = []
+        for piece in part[1:-1].split(";"):
+            low, dots, high = piece.strip().partition("..")
+            first, last = _number(low), _number(high) if dots else _number(low)
+            if first is None or last is None or first > last:
+                return []
+            numbers += range(first, last + 1)
+        return sorted(set(numbers))
+    number = _number(part)
+    return [] if number is None else [number]
+
+
+def _number(text: str) -> int | None:
+    text = text.strip()
+    if text.isascii() and text.isdigit() and len(text) <= 3 and int(text) <= 255:
+        return int(text)
+    return None
+
+
+def _outside_brackets(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it is not inside ``[...]``."""
+    parts, depth, start = [], 0, 0
+    for at, char in enumerate(text):
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:at])
+            start = at + 1
+    parts.append(text[start:])
+    return parts
 
 
 DNSTIMEOUT = Setting(
@@ -265,42 +322,56 @@ def skipped(name: str, message: Message, settings: Settings) -> Finding | None:
 
 
 def allowlisted(ip: str, settings: Settings) -> str:
-    """The first QQF_DNSWL zone that lists ``ip``, or "" (also when none answers: an allow
-    list that cannot be asked allows nobody). Every unit asks; the resolver's cache answers
-    all but the first."""
+    """The first QQF_DNSWL zone that lists ``ip``, or "" (a list that cannot be asked
+    allows nobody; the next one is asked all the same). Every unit asks; the resolver's cache
+    answers all but the first."""
     zones = settings[DNSWL]
     if not zones:
         return ""
     try:
         lookups = Lookups(settings)
-        for zone in zones:
-            if listing(lookups, ip, zone):
-                return zone.zone
     except Undecided:
         return ""
+    for zone in zones:
+        try:
+            if listing(lookups, ip, zone):
+                return zone.zone
+        except Undecided:
+            continue
     return ""
 
 
 def listing(lookups: Lookups, ip: str, zone: Zone) -> list[str]:
-    """The answers of ``zone`` for ``ip`` that count (its codes, else any 127.0.0.0/8
-    address: anything else is a list's error or a wildcard, not a listing). Raises
-    Undecided."""
+    """The answers of ``zone`` for ``ip`` that count: its codes, else any 127.0.0.0/8 address
+    but the ones lists answer when they refuse to answer (ERROR_ANSWERS). Anything outside
+    127.0.0.0/8 is a list's error or a wildcard, not a listing. Raises Undecided."""
     name = reversed_name(ip)
     if name is None:
         return []
     answers = lookups.ask(f"{name}.{zone.zone}", "A")
     if zone.codes:
         return [a for a in answers if a in zone.codes]
-    return [a for a in answers if a.startswith("127.")]
+    return [
+        a
+        for a in answers
+        if a.startswith("127.") and a not in ERROR_ANSWERS and not a.startswith("127.255.255.")
+    ]
+
+
+ERROR_ANSWERS = frozenset({"127.0.0.1", "127.0.0.255"})
+"""Answers that say "your query was refused", not "listed" (with 127.255.255.0/24, Spamhaus's
+error codes): 127.0.0.1 (URIBL, SURBL; RFC 5782 keeps it out of the lists), 127.0.0.255
+(dnswl.org over its query limit). A list given codes counts them if they are among its codes."""
 
 
 def reversed_name(ip: str) -> str | None:
     """``ip`` as DNS lists (and in-addr.arpa/ip6.arpa) spell it, without the zone:
-    ``2.0.0.192`` for 192.0.0.2, 32 nibbles for IPv6; None for what is not an address."""
+    ``2.0.0.192`` for 192.0.0.2, 32 nibbles for IPv6 (an IPv4-mapped one as its IPv4
+    address; a scope, ``%eth0``, left out); None for what is not an address."""
     import ipaddress
 
     try:
-        address = ipaddress.ip_address(ip)
+        address = ipaddress.ip_address(ip.partition("%")[0])
     except ValueError:
         return None
     if address.version == 6 and address.ipv4_mapped is not None:
