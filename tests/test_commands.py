@@ -93,7 +93,9 @@ def test_config_exits_non_zero_and_names_each_invalid_setting(qq):
 
 
 def test_config_output_is_a_toml_file_that_gives_the_same_settings(qq, tmp_path):
-    proc = run("config", env={**qq.env, "QQF_MAXSIZE": "777", "QQF_DROP": "spam,virus"})
+    lists = "zen.example=127.0.0.[2..11]*3,b.example"
+    given = {"QQF_MAXSIZE": "777", "QQF_DROP": "spam,virus", "QQF_DNSBL": lists}
+    proc = run("config", env={**qq.env, **given})
     saved = tmp_path / "saved.toml"
     saved.write_text(proc.stdout)
     again = run("config", env={**qq.env, "QQF_CONFIG": str(saved)})
@@ -101,6 +103,7 @@ def test_config_output_is_a_toml_file_that_gives_the_same_settings(qq, tmp_path)
     lines = {line.split()[0]: line for line in again.stdout.splitlines() if line[:1].isalpha()}
     assert lines["maxsize"].startswith("maxsize = 777  # QQF_MAXSIZE, from " + str(saved))
     assert lines["drop"].startswith('drop = ["spam", "virus"]')
+    assert lines["dnsbl"].startswith('dnsbl = ["zen.example=127.0.0.[2..11]*3", "b.example"]')
 
 
 def test_every_setting_is_documented_with_its_variable():

@@ -41,4 +41,7 @@ def _toml(value: object) -> str:
         return "[" + ", ".join(_toml(v) for v in items) + "]"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    spelled = getattr(value, "spelled", None)  # a parsed entry that keeps how it was written
+    if isinstance(spelled, str):  # (a DNS list zone): written as it was given
+        return _toml(spelled)
     return str(value)
