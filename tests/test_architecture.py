@@ -14,6 +14,10 @@ def test_the_checks_run_in_their_declared_order():
     assert [unit.name for unit in units()] == [
         "size",
         "recipients",
+        "dnsbl",
+        "helo",
+        "rdns",
+        "sender",
         "mime",
         "spf",
         "clamd",

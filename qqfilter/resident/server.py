@@ -64,6 +64,9 @@ CONNECTION_FACTS = frozenset(
         "RELAYCLIENT",
         "HELOHOST",
         "SMTPAUTHUSER",
+        "AUTHUSER",
+        "SSL_CLIENT_S_DN_Email",
+        "TCP6REMOTEINFO",
     }
 )
 """What tcpserver and qmail-smtpd say about the SMTP connection: every peer's own to tell."""
