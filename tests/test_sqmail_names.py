@@ -35,11 +35,18 @@ SQMAIL_EMPTY = [
     ("QHPSIMAXSIZE", "qhpsimaxsize", 0),
     ("SPF", "spf", 0),  # scan_ulong's 0: off
     ("SPFBEHAVIOR", "spf", 0),  # qmail-spf's name, read the same way
+    ("HELOCHECK", "helocheck", "on"),  # on: control/badhelo and the split horizon only
+    ("NOBADHELO", "nobadhelo", "on"),  # qregex's name: badhelo ignored
+    ("MFDNSCHECK", "mfdnscheck", "on"),
+    ("LOCALMFCHECK", "localmfcheck", ""),  # on, the plain mode (rcpthosts)
+    ("RBLSMTPD", "rblsmtpdtext", ("",)),  # rblsmtpd's "allowed"
 ]
 FILE_VALUES = (
     'badmimetype = "-"\nbadloadertype = "M"\nqhpsi = "/bin/false"\n'
     'qhpsiarg1 = "a"\nqhpsiarg2 = "b"\nqhpsiarg3 = "c"\nqhpsirc = 7\nqhpsirn = 8\n'
     "qhpsiminsize = 100\nqhpsimaxsize = 200\nspf = 3\n"
+    'helocheck = "A"\nnobadhelo = "off"\nmfdnscheck = "off"\nlocalmfcheck = "="\n'
+    'rblsmtpdtext = ["-listed"]\n'
 )
 
 
@@ -58,6 +65,24 @@ def test_an_empty_sqmail_variable_is_set_and_wins_over_the_file(tmp_path, variab
     assert errors == []
     assert settings.sources[name] == variable
     assert settings.values[name] == value
+
+
+def test_qqfilter_config_writes_empty_sqmail_variables_so_they_read_back(tmp_path):
+    """``qqfilter config``'s output is a TOML file that gives the same settings: also for the
+    variables whose "" means on (HELOCHECK, MFDNSCHECK, ...) or a value of its own."""
+    environ = {"QQF_CONFIG": _config(tmp_path, ""), "PATH": "/usr/bin:/bin"}
+    environ.update((variable, "") for variable, _name, _value in SQMAIL_EMPTY)
+    shown = subprocess.run(
+        [sys.executable, "-m", "qqfilter", "config"], env=environ, capture_output=True, text=True
+    )
+    assert shown.returncode == 0, shown.stderr
+    from qqfilter.settings import load
+
+    settings, errors = load({"QQF_CONFIG": _config(tmp_path, shown.stdout)})
+    assert errors == []
+    assert {name: settings.values[name] for _v, name, _value in SQMAIL_EMPTY} == {
+        name: value for _v, name, value in SQMAIL_EMPTY
+    }
 
 
 def test_spf_wins_over_spfbehavior_even_when_empty(tmp_path):

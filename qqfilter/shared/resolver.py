@@ -1,7 +1,7 @@
 """DNS for the checks: a dnspython resolver on QQF_DNS or the system's resolv.conf.
 
 A shared building block: the setting QQF_DNS is declared here, and each check unit that
-looks names up lists it in its SETTINGS (today SPF; next the sender checks and DKIM/DMARC).
+looks names up lists it in its SETTINGS (SPF, the sender hygiene family; next DKIM/DMARC).
 dnspython is imported on the first lookup, never at start-up.
 
 In a resident server the cache lives as long as the server, and both what goes in and how
@@ -36,7 +36,8 @@ DNS: Setting[tuple[str, ...]] = Setting(
     "QQF_DNS",
     (),
     server_list(parse_servers, "ip or ip:port"),
-    "DNS servers for SPF: comma list of ip or ip:port; empty = those of /etc/resolv.conf",
+    "DNS servers for SPF and the sender hygiene checks: comma list of ip or ip:port; "
+    "empty = those of /etc/resolv.conf",
     server_only=True,
 )
 

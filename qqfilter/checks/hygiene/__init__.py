@@ -196,6 +196,13 @@ SHARED = (DNS, DNSTIMEOUT, DNSWL)
 """The rows every unit of the family owns (the same objects, so settings.load reads each once)."""
 
 
+DNS_LATER = "4.4.3"
+"""The enhanced status of "could not decide" for a DNS lookup that could not be done (RFC 3463:
+directory server failure); s/qmail answers ``451 DNS temporary failure``."""
+MAX_MX_HOSTS = 10
+"""MX hosts (by preference) asked for an address before "none has one": the domain's to set."""
+
+
 class Undecided(Exception):
     """A DNS question that got no answer (timeout, SERVFAIL, no server, the deadline passed):
     the text says which question and why."""
@@ -262,6 +269,48 @@ class Lookups:
     def addresses(self, name: str) -> list[str]:
         """The A and AAAA addresses of ``name`` (Undecided if either question failed)."""
         return self.ask(name, "A") + self.ask(name, "AAAA")
+
+    def has_address(self, name: str) -> bool:
+        """Whether ``name`` has an A or an AAAA record; Undecided only when it has neither
+        and one of the questions failed."""
+        failed: Undecided | None = None
+        for qtype in ("A", "AAAA"):
+            try:
+                if self.ask(name, qtype):
+                    return True
+            except Undecided as exc:
+                failed = failed or exc
+        if failed is not None:
+            raise failed
+        return False
+
+    def exchanger(self, name: str) -> tuple[str, str]:
+        """What djbdns's dns_mxip (s/qmail's dnsq "M") finds for ``name``: ("mx", host) for
+        an MX host with an address, ("address", name) for no MX but an address of its own,
+        ("null", "") for a null MX (RFC 7505: ``MX 0 .``), ("mx without address", "") and
+        ("none", ""). Raises Undecided when nothing was found and a lookup failed."""
+        records = []
+        for text in self.ask(name, "MX"):
+            preference, _, host = text.partition(" ")
+            records.append((int(preference) if preference.isdigit() else 65535, host.lower()))
+        if not records:
+            return ("address", name) if self.has_address(name) else ("none", "")
+        hosts: list[str] = []
+        for _preference, host in sorted(records):
+            if host not in (".", "") and host not in hosts:
+                hosts.append(host)
+        if not hosts:
+            return "null", ""
+        failed: Undecided | None = None
+        for host in hosts[:MAX_MX_HOSTS]:
+            try:
+                if self.has_address(host):
+                    return "mx", host
+            except Undecided as exc:
+                failed = failed or exc  # another host may still have an address
+        if failed is not None:
+            raise failed
+        return "mx without address", ""
 
 
 class Client:
@@ -406,6 +455,23 @@ def ours(qmailhome: str, domain: str) -> bool:
         from qqfilter.exitcodes import CONFIG_ERROR, QueueError
 
         raise QueueError(CONFIG_ERROR, f"control/morercpthosts.cdb: {path} is damaged") from None
+
+
+def our_name(qmailhome: str, name: str) -> bool:
+    """Whether ``name`` is one of this server's own: control/me, a line of control/locals, or
+    a domain qmail takes mail for (``ours``)."""
+    name = name.lower().rstrip(".")
+    if not name:
+        return False
+    me = control.first_line(qmailhome, "me")
+    if me and me.strip().lower().rstrip(".") == name:
+        return True
+    if any(
+        line.strip().lower().rstrip(".") == name
+        for line in control.lines(qmailhome, "locals") or ()
+    ):
+        return True
+    return ours(qmailhome, name)
 
 
 def qmailhome(settings: Settings) -> str:

@@ -35,12 +35,13 @@ from __future__ import annotations
 from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.checks.hygiene import (
+    DNS_LATER,
     SHARED,
     Client,
     Lookups,
     Undecided,
     client,
-    ours,
+    our_name,
     qmailhome,
     skipped,
 )
@@ -125,8 +126,6 @@ SHOWN = 255
 """Characters of the HELO name the log line's detail shows."""
 SAID = 64
 """Characters of it a reason (shown to the client, and noted) repeats."""
-MAX_MX = 10
-"""Mail exchangers of a HELO name asked for an address, in order of preference."""
 NAME_MAX = 255
 """Longer than this, a HELO is not a DNS name: neither ours nor looked up."""
 
@@ -167,7 +166,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
                 NAME,
                 Finding.UNKNOWN,
                 "cannot check the HELO name now, try again later",
-                status="4.4.3",
+                status=DNS_LATER,
                 detail=f"H:{_shown(helo)} {exc}",
             )
         if not answered:
@@ -270,24 +269,9 @@ def _split_horizon(helo: str, found: Client, message: Message, home: str) -> tup
         return "", ""
     if "localhost" in key:  # before control/locals, which often lists localhost
         return "L", f"HELO {said} is refused from outside"
-    if _ours(key, home):
+    if len(key) <= NAME_MAX and our_name(home, key):
         return "@", f"HELO {said} is a name of this server"
     return "", ""
-
-
-def _ours(key: str, home: str) -> bool:
-    """One of this server's names: control/me, control/locals, rcpthosts (and
-    morercpthosts.cdb), as exact names or, for rcpthosts' ``.domain`` lines, below one."""
-    name = key.rstrip(".")
-    if not name or len(name) > NAME_MAX:
-        return False
-    me = control.first_line(home, "me")
-    if me and me.strip().lower().rstrip(".") == name:
-        return True
-    locals_ = control.lines(home, "locals") or ()
-    if any(line.strip().lower().rstrip(".") == name for line in locals_):
-        return True
-    return ours(home, name)
 
 
 def _address(text: str) -> Address | None:
@@ -336,8 +320,8 @@ def _answers(helo: str, mode: str, settings: Settings) -> bool:
         return False
     lookups = Lookups(settings)
     if mode == "A":
-        return _resolves(lookups, name)
-    return _exchanges(lookups, name)
+        return lookups.has_address(name)
+    return lookups.exchanger(name)[0] in ("mx", "address")
 
 
 def _dns_name(name: str) -> bool:
@@ -350,44 +334,6 @@ def _dns_name(name: str) -> bool:
     except (dns.exception.DNSException, ValueError):
         return False
     return True
-
-
-def _resolves(lookups: Lookups, name: str) -> bool:
-    """Whether ``name`` has an A or an AAAA record; Undecided only when neither question
-    found one and one of them could not be answered."""
-    failed: Undecided | None = None
-    for qtype in ("A", "AAAA"):
-        try:
-            if lookups.ask(name, qtype):
-                return True
-        except Undecided as exc:
-            failed = failed or exc
-    if failed is not None:
-        raise failed
-    return False
-
-
-def _exchanges(lookups: Lookups, name: str) -> bool:
-    """dns_mxip: the addresses of ``name``'s MX hosts, or without MX records its own; a
-    null MX (RFC 7505, ``0 .``) is none."""
-    records = lookups.ask(name, "MX")
-    if not records:
-        return _resolves(lookups, name)
-    hosts = []
-    for record in records:
-        preference, _, host = record.partition(" ")
-        if host not in (".", "", "@"):
-            hosts.append((int(preference) if preference.isdigit() else 65536, host))
-    failed: Undecided | None = None
-    for _, host in sorted(hosts)[:MAX_MX]:
-        try:
-            if _resolves(lookups, host):
-                return True
-        except Undecided as exc:
-            failed = failed or exc
-    if failed is not None:
-        raise failed
-    return False
 
 
 # wildmat: the INN / qregex pattern language of control/badhelo.

@@ -24,7 +24,7 @@ RELAYCLIENT, local injection and a client on a QQF_DNSWL list are not judged (th
 from __future__ import annotations
 
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import SHARED, Lookups, Undecided, client, skipped
+from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, client, skipped
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings, choice
 
@@ -58,8 +58,6 @@ PRELOAD = (
 TAG = "Reject::SNDR::DNS_Rhost"
 STATUS = "5.7.25"
 """RFC 7372's "Reverse DNS validation failed"."""
-STATUS_UNDECIDED = "4.4.3"
-"""RFC 3463's "Directory server failure": the DNS did not answer."""
 MAX_NAMES = 10
 """PTR names whose addresses fcrdns looks up at most."""
 SHOWN = 3
@@ -83,7 +81,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
             NAME,
             Finding.UNKNOWN,
             "cannot check the client's reverse DNS",
-            status=STATUS_UNDECIDED,
+            status=DNS_LATER,
             detail=f"TCPREMOTEIP {found.ip!r} is not an IP address",
         )
     ip = str(address)
@@ -198,6 +196,6 @@ def _undecided(ip: str, detail: str) -> Finding:
         NAME,
         Finding.UNKNOWN,
         f"DNS temporary failure checking the reverse DNS of {ip}",
-        status=STATUS_UNDECIDED,
+        status=DNS_LATER,
         detail=detail,
     )

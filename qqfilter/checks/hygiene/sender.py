@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from qqfilter import control
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import SHARED, Lookups, Undecided, ours, skipped
+from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, our_name, ours, skipped
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, choice
 
@@ -100,9 +100,6 @@ PRELOAD = (
 DNS_MF = "Reject::ORIG::DNS_MF"
 INVALID_MAILFROM = "Reject::ORIG::Invalid_Mailfrom"
 LOCAL_MAILFROM = "Reject::ORIG::Local_Mailfrom"
-MAX_MX_HOSTS = 10
-"""MX hosts asked for an address at most (by preference): a domain with a thousand MX records
-costs no more than one with ten."""
 SHOWN = 100
 """Characters of a domain shown in a reason or note: the log line keeps the whole sender."""
 _HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
@@ -194,11 +191,7 @@ def _spoofed(sender: str, home: str) -> Finding | None:
     domain = _bare(sender.rpartition("@")[2])
     if not domain:
         return None
-    found = control.lines(home, "locals")
-    if found is None:
-        me = control.first_line(home, "me")
-        found = [me] if me else []
-    if domain in {_bare(line) for line in found} or ours(home, domain):
+    if our_name(home, domain):
         return Finding(
             NAME,
             Finding.REFUSE,
@@ -230,13 +223,13 @@ def _mail_exchanger(sender: str, settings: Settings, home: str) -> Finding:
             f"sender domain {shown} is not a valid domain name", "not a DNS name: not asked"
         )
     try:
-        kind, host = _exchanger(Lookups(settings), name)
+        kind, host = Lookups(settings).exchanger(name)
     except Undecided as exc:
         return Finding(
             NAME,
             Finding.UNKNOWN,
             f"DNS temporary failure looking up the sender domain {shown}",
-            status="4.3.0",
+            status=DNS_LATER,
             detail=str(exc),
         )
     if kind == "mx":
@@ -269,50 +262,6 @@ def _bypassed(sender: str, home: str) -> bool:
         return False
     wanted = "?" + sender.lower()
     return any(line.lower() == wanted for line in lines)
-
-
-def _exchanger(lookups: Lookups, name: str) -> tuple[str, str]:
-    """What dns_mxip finds for ``name``: ("mx", host) for an MX host with an address,
-    ("address", name) for no MX but an address of its own, ("null", "") for a null MX,
-    ("mx without address", "") and ("none", ""). Raises Undecided when nothing was found
-    and a lookup failed."""
-    records = []
-    for text in lookups.ask(name, "MX"):
-        preference, _, host = text.partition(" ")
-        records.append((int(preference) if preference.isdigit() else 65535, host.lower()))
-    if not records:
-        return ("address", name) if _has_address(lookups, name) else ("none", "")
-    hosts: list[str] = []
-    for _preference, host in sorted(records):
-        if host not in (".", "") and host not in hosts:
-            hosts.append(host)
-    if not hosts:
-        return "null", ""  # RFC 7505: MX 0 . (whatever its preference, nothing else)
-    failed: Undecided | None = None
-    for host in hosts[:MAX_MX_HOSTS]:
-        try:
-            if _has_address(lookups, host):
-                return "mx", host
-        except Undecided as exc:
-            failed = failed or exc  # another host may still have an address
-    if failed is not None:
-        raise failed
-    return "mx without address", ""
-
-
-def _has_address(lookups: Lookups, host: str) -> bool:
-    """Whether ``host`` has an A or an AAAA record; Undecided when it has neither and a
-    question failed."""
-    failed: Undecided | None = None
-    for qtype in ("A", "AAAA"):
-        try:
-            if lookups.ask(host, qtype):
-                return True
-        except Undecided as exc:
-            failed = failed or exc
-    if failed is not None:
-        raise failed
-    return False
 
 
 def _address_literal(domain: str) -> bool:
