@@ -190,6 +190,57 @@ def test_lists_that_do_not_answer_list_nobody_and_are_noted(dnsbl):
     )
 
 
+class HalfDeadLists:
+    """A DNS server on loopback that answers for one list (``fast.test``: every client listed,
+    127.0.0.2) and never for another (``slow.test``: queries read and dropped), as a list
+    that is down looks to its users."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import dns.message
+        import dns.rrset
+
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            name = query.question[0].name.to_text()
+            if name.endswith(".slow.test."):
+                continue
+            answer = dns.message.make_response(query)
+            if query.question[0].rdtype == 1:  # A
+                answer.answer.append(dns.rrset.from_text(name, 60, "IN", "A", "127.0.0.2"))
+            self.sock.sendto(answer.to_wire(), peer)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_a_list_that_never_answers_does_not_cost_the_others_their_answer(qq):
+    """The lists are asked at once: the silent first one spends its own wait, and the second
+    one's listing still refuses within the deadline."""
+    server = HalfDeadLists()
+    try:
+        started = time.monotonic()
+        env = {"QQF_DNS": server.address, "TCPREMOTEIP": LISTED, "QQF_DNSTIMEOUT": "2"}
+        out = refused(qq.submit(MESSAGE, ENVELOPE, env={**env, "QQF_DNSBL": "slow.test,fast.test"}))
+        assert time.monotonic() - started < 6
+    finally:
+        server.close()
+    assert out.field("reason") == f"client {LISTED} is listed in fast.test (127.0.0.2)"
+    assert "zone slow.test not answered" in out.field("detail")
+
+
 def test_a_failing_list_does_not_stop_the_others(dnsbl):
     """nsd answers REFUSED for a zone it does not serve: a failure, at once."""
     out = refused(dnsbl(LISTED, QQF_DNSBL="nosuch.example,dnsbl.test"))
