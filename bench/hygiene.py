@@ -33,7 +33,8 @@ MESSAGE = (
     b"Received: from ok.rdns.test (HELO a.helo.test) (192.0.2.10)\n"
     b"  by mx.example.org with SMTP; 26 Nov 2026 10:00:00 -0000\n"
     b"From: alice@mx.sender.test\nTo: bob@example.org\nSubject: hygiene\n\n"
-    + b"A line of an ordinary message.\n" * 40
+    + b"A line of an ordinary message.\n"
+    * 40
 )
 CONFIGURATIONS = {
     "helo (HELOCHECK=A)": {"HELOCHECK": "A"},
