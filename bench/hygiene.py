@@ -13,21 +13,17 @@ repeated questions from its cache, which is the point of running resident.
 """
 
 import os
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from measure import QQFILTER, World, timed  # noqa: E402
 from nameserver import Nsd  # noqa: E402 (the tests' helper starts nsd)
 
-QQFILTER = str(Path(sys.executable).with_name("qqfilter"))
 ENVELOPE = b"Falice@mx.sender.test\0Tbob@example.org\0\0"
 MESSAGE = (
     b"Received: from ok.rdns.test (HELO a.helo.test) (192.0.2.10)\n"
@@ -60,86 +56,37 @@ def submit(env: dict[str, str]) -> None:
         raise SystemExit(f"not judged and queued ({process.returncode}): {log.decode()}")
 
 
-def cpu_of(pid: int) -> float:
-    """Seconds of CPU (user+sys) a live process has used (clock ticks: coarse, summed)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(env: dict[str, str], server: int) -> tuple[float, float]:
-    """(wall, CPU) milliseconds of one message: CPU of the children and the resident server."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    served = cpu_of(server) if server else 0.0
-    started = time.perf_counter()
-    submit(env)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return wall * 1000, (cpu + (cpu_of(server) - served if server else 0.0)) * 1000
-
-
 def main() -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="qqf-bench-hygiene-"))
     nsd = Nsd()
-    serve = None
     try:
-        queue = scratch / "qmail-queue"
-        queue.write_text("#!/bin/sh\nexec cat >/dev/null\n")
-        queue.chmod(0o755)
-        (scratch / "spool").mkdir()
-        base = {
-            "PATH": "/usr/bin:/bin",
-            "QQF_CONFIG": "/dev/null",
-            "QQF_QMAILQUEUE": str(queue),
-            "QQF_SPOOLDIR": str(scratch / "spool"),
-            "QQF_DNS": nsd.address,
-            "TCPREMOTEIP": "192.0.2.10",
-        }
-        socket_path = str(scratch / "qqfilter.sock")
-        serve = subprocess.Popen(
-            [QQFILTER, "serve", "--socket", socket_path],
-            stderr=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin", "QQF_DNS": nsd.address, "QQF_CONFIG": "/dev/null"},
-        )
-        while not os.path.exists(socket_path):
-            time.sleep(0.02)
-        modes = {
-            "one-shot": (base, 0),
-            "resident": (
-                {**base, "QQF_SOCKET": socket_path, "QQF_SOCKETFALLBACK": "tempfail"},
-                serve.pid,
-            ),
-        }
-        print(
-            f"{'checks on':31} {'mode':9} {'off ms':>7} {'on ms':>7} {'+ms':>6} "
-            f"{'CPU off':>8} {'CPU on':>7} {'CPU +':>6}"
-        )
-        for name, turned_on in CONFIGURATIONS.items():
-            for mode, (env, server) in modes.items():
-                on_env = {**env, **turned_on}
-                submit(env)  # warm: the page cache, and the resident server's DNS cache
-                submit(on_env)
-                off, on, cpu_off, cpu_on = [], [], [], []
-                for _ in range(RUNS):
-                    wall, cpu = timed(env, server)
-                    off.append(wall)
-                    cpu_off.append(cpu)
-                    wall, cpu = timed(on_env, server)
-                    on.append(wall)
-                    cpu_on.append(cpu)
-                o, n = statistics.median(off), statistics.median(on)
-                co, cn = statistics.fmean(cpu_off), statistics.fmean(cpu_on)
-                print(
-                    f"{name:31} {mode:9} {o:7.1f} {n:7.1f} {n - o:6.1f} {co:8.1f} {cn:7.1f} "
-                    f"{cn - co:6.1f}"
-                )
-        print(f"runs: {RUNS} per configuration and mode; message {len(MESSAGE)} bytes")
+        with World("hygiene", "192.0.2.10", QQF_DNS=nsd.address) as world:
+            world.serve(QQF_DNS=nsd.address, QQF_CONFIG="/dev/null")
+            print(
+                f"{'checks on':31} {'mode':9} {'off ms':>7} {'on ms':>7} {'+ms':>6} "
+                f"{'CPU off':>8} {'CPU on':>7} {'CPU +':>6}"
+            )
+            for name, turned_on in CONFIGURATIONS.items():
+                for mode, (env, server) in world.modes.items():
+                    on_env = {**env, **turned_on}
+                    submit(env)  # warm: the page cache, and the resident server's DNS cache
+                    submit(on_env)
+                    off, on, cpu_off, cpu_on = [], [], [], []
+                    for _ in range(RUNS):
+                        wall, cpu = timed(lambda env=env: submit(env), server)
+                        off.append(wall * 1000)
+                        cpu_off.append(cpu * 1000)
+                        wall, cpu = timed(lambda env=on_env: submit(env), server)
+                        on.append(wall * 1000)
+                        cpu_on.append(cpu * 1000)
+                    o, n = statistics.median(off), statistics.median(on)
+                    co, cn = statistics.fmean(cpu_off), statistics.fmean(cpu_on)
+                    print(
+                        f"{name:31} {mode:9} {o:7.1f} {n:7.1f} {n - o:6.1f} {co:8.1f} "
+                        f"{cn:7.1f} {cn - co:6.1f}"
+                    )
+            print(f"runs: {RUNS} per configuration and mode; message {len(MESSAGE)} bytes")
     finally:
-        if serve is not None:
-            serve.terminate()
-            serve.wait(30)
         nsd.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -14,23 +14,19 @@ fields, which copies the message.
 """
 
 import os
-import resource
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from measure import QQFILTER, World, timed  # noqa: E402
 from rspamd import Rspamd  # noqa: E402 (the tests' helpers start the scanners)
 from spamd import CLEAN_BODY, Spamd, message  # noqa: E402
 
-QQFILTER = str(Path(sys.executable).with_name("qqfilter"))
 ENVELOPE = b"Falice@example.com\0Tbob@example.org\0\0"
 SMALL = message(CLEAN_BODY * 8)
 LARGE = message(
@@ -110,24 +106,6 @@ def submit(env: dict[str, str], data: bytes) -> None:
         raise SystemExit(f"not scanned and queued ({process.returncode}): {log.decode()}")
 
 
-def cpu_of(pid: int) -> float:
-    """Seconds of CPU (user+sys) a live process has used (clock ticks: coarse, summed)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(run, server: int) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``run()``: CPU of its children, and of the resident ``server``."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    served = cpu_of(server) if server else 0.0
-    started = time.perf_counter()
-    run()
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
-    return wall, cpu + (cpu_of(server) - served if server else 0.0)
-
-
 def compare(scanner, env: dict[str, str], data: bytes, runs: int, server: int) -> dict:
     """Milliseconds per message: qqfilter off and on (wall, CPU), the scanner's own time, and
     the client's wall cost (on - off - own), each run measured back to back so that the
@@ -150,35 +128,8 @@ def compare(scanner, env: dict[str, str], data: bytes, runs: int, server: int) -
 
 
 def main() -> None:
-    scratch = Path(tempfile.mkdtemp(prefix="qqf-bench-spam-"))
-    serve = None
-    try:
-        queue = scratch / "qmail-queue"
-        queue.write_text("#!/bin/sh\nexec cat >/dev/null\n")
-        queue.chmod(0o755)
-        (scratch / "spool").mkdir()
-        base = {
-            "PATH": "/usr/bin:/bin",
-            "QQF_CONFIG": "/dev/null",
-            "QQF_QMAILQUEUE": str(queue),
-            "QQF_SPOOLDIR": str(scratch / "spool"),
-            "TCPREMOTEIP": "192.0.2.1",
-        }
-        socket_path = str(scratch / "qqfilter.sock")
-        serve = subprocess.Popen(
-            [QQFILTER, "serve", "--socket", socket_path],
-            stderr=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-        )
-        while not os.path.exists(socket_path):
-            time.sleep(0.02)
-        modes = {
-            "one-shot": (base, 0),
-            "resident": (
-                {**base, "QQF_SOCKET": socket_path, "QQF_SOCKETFALLBACK": "tempfail"},
-                serve.pid,
-            ),
-        }
+    with World("spam") as world:
+        world.serve()
         print(
             f"{'scanner':8} {'message':8} {'mode':9} {'off ms':>7} {'on ms':>7} "
             f"{'own ms':>7} {'client ms':>9} {'CPU off':>8} {'CPU on':>7} {'CPU +':>6}"
@@ -187,7 +138,7 @@ def main() -> None:
             scanner = make()
             try:
                 for label, data in (("small", SMALL), ("500 KB", LARGE)):
-                    for mode, (env, server) in modes.items():
+                    for mode, (env, server) in world.modes.items():
                         f = compare(scanner, env, data, RUNS[label], server)
                         print(
                             f"{scanner.name:8} {label:8} {mode:9} {f['off']:7.1f} {f['on']:7.1f} "
@@ -197,11 +148,6 @@ def main() -> None:
             finally:
                 scanner.stop()
         print(f"sizes: small {len(SMALL)} bytes, large {len(LARGE)} bytes; runs {RUNS}")
-    finally:
-        if serve is not None:
-            serve.terminate()
-            serve.wait(30)
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 if __name__ == "__main__":
