@@ -12,7 +12,7 @@ Its units, each off by default and set per connection like every setting:
 
 This package declares no NAME: it is a family (qqfilter.checks). What the units share is here:
 who the client is (``client``: its address, HELO name and host name, read once the way SPF
-reads them), when a unit does not judge at all (``skipped``: RELAYCLIENT, local injection, a
+reads them), when a unit does not judge at all (``judged``: RELAYCLIENT, local injection, a
 client on a QQF_DNSWL allow list), the DNS questions (``Lookups``: one deadline, QQF_DNSTIMEOUT,
 for all the lookups of one unit; every failure is ``Undecided``, never an answer), the
 reversed names of the DNS lists, and whether a domain is one of ours (``ours``, as qmail's
@@ -355,10 +355,10 @@ def client(message: Message) -> Client | None:
     return Client(ip, helo, said, host)
 
 
-def skipped(name: str, message: Message, settings: Settings) -> Finding | None:
-    """The note a unit gives instead of judging: mail from RELAYCLIENT (s/qmail's "split
-    horizon": these checks are for outside clients), mail injected locally, a client on a
-    QQF_DNSWL list; None when the unit judges."""
+def judged(name: str, message: Message, settings: Settings) -> Client | Finding:
+    """The client a unit judges, or the note it gives instead: mail from RELAYCLIENT
+    (s/qmail's "split horizon": these checks are for outside clients), mail injected
+    locally, a client on a QQF_DNSWL list."""
     if message.connection.relayclient:
         return Finding(name, Finding.CLEAN, "skipped: RELAYCLIENT")
     found = client(message)
@@ -367,7 +367,7 @@ def skipped(name: str, message: Message, settings: Settings) -> Finding | None:
     zone = allowlisted(found.ip, settings)
     if zone:
         return Finding(name, Finding.CLEAN, f"skipped: {found.ip} is listed in {zone}")
-    return None
+    return found
 
 
 def allowlisted(ip: str, settings: Settings) -> str:

@@ -25,7 +25,7 @@ its answers, with its TXT record when it publishes one, as rblsmtpd shows it.
 A list that does not answer (timeout, SERVFAIL, the deadline passed) lists nobody: the others
 are asked all the same, and the log line notes the silent one. It never tempfails a message.
 RELAYCLIENT, local injection and a client on a QQF_DNSWL list are not looked up (the
-family's ``skipped``).
+family's ``judged``).
 """
 
 from __future__ import annotations
@@ -36,10 +36,9 @@ from qqfilter.checks.hygiene import (
     Lookups,
     Undecided,
     Zone,
-    client,
+    judged,
     listing,
     reversed_name,
-    skipped,
     zone_list,
 )
 from qqfilter.message import Message
@@ -151,14 +150,11 @@ def check(message: Message, settings: Settings) -> Finding | None:
             stamped = "RBLSMTPD stamped as X-RBL-Info"
     if not zones:
         return Finding(NAME, Finding.CLEAN, stamped, headers=headers) if headers else None
-    note = skipped(NAME, message, settings)
-    if note is not None:
-        note.reason = _join(stamped, note.reason)
-        note.headers = headers
-        return note
-    found = client(message)
-    if found is None:  # skipped() has said so already; for the type checker
-        return Finding(NAME, Finding.CLEAN, "skipped: local injection", headers=headers)
+    found = judged(NAME, message, settings)
+    if isinstance(found, Finding):
+        found.reason = _join(stamped, found.reason)
+        found.headers = headers
+        return found
     if reversed_name(found.ip) is None:
         reason = f"not looked up: TCPREMOTEIP {printable(found.ip, 60)!r} is not an IP address"
         return Finding(NAME, Finding.CLEAN, _join(stamped, reason), headers=headers)

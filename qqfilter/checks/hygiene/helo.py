@@ -40,10 +40,9 @@ from qqfilter.checks.hygiene import (
     Client,
     Lookups,
     Undecided,
-    client,
+    judged,
     our_name,
     qmailhome,
-    skipped,
 )
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings
@@ -135,12 +134,9 @@ def check(message: Message, settings: Settings) -> Finding | None:
     mode = settings[HELOCHECK]
     if not mode:
         return None
-    note = skipped(NAME, message, settings)
-    if note is not None:
-        return note
-    found = client(message)
-    if found is None:  # skipped has said so already
-        return None
+    found = judged(NAME, message, settings)
+    if isinstance(found, Finding):
+        return found
     if not found.helo_said and not found.helo:
         # stock qmail-smtpd: the HELO equalled "unknown", or there was none (s/qmail's
         # cond "0"); neither can be told from the other, so nothing is refused on it

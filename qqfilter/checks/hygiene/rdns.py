@@ -18,13 +18,13 @@ the client's. Among the PTR names it is tried first, which spares the lookups of
 At most MAX_NAMES names are looked up: a PTR set is the sender's to make as large as it likes.
 
 RELAYCLIENT, local injection and a client on a QQF_DNSWL list are not judged (the family's
-``skipped``).
+``judged``).
 """
 
 from __future__ import annotations
 
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, client, skipped
+from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, judged
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings, choice
 
@@ -69,12 +69,9 @@ def check(message: Message, settings: Settings) -> Finding | None:
     mode = settings[RDNS]
     if mode == "off":
         return None
-    note = skipped(NAME, message, settings)
-    if note is not None:
-        return note
-    found = client(message)
-    if found is None:  # skipped() has said so already; for the type checker
-        return Finding(NAME, Finding.CLEAN, "skipped: local injection")
+    found = judged(NAME, message, settings)
+    if isinstance(found, Finding):
+        return found
     address = _address(found.ip)
     if address is None:
         return Finding(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from qqfilter import control
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, our_name, ours, skipped
+from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, judged, our_name, ours
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, choice
 
@@ -106,8 +106,8 @@ _HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def check(message: Message, settings: Settings) -> Finding | None:
-    """LOCALMFCHECK for RELAYCLIENT clients; for the others (not skipped) QQF_LOCALSPOOF,
-    then MFDNSCHECK. None when none of them is on for this client."""
+    """LOCALMFCHECK for RELAYCLIENT clients; for outside clients the family judges,
+    QQF_LOCALSPOOF, then MFDNSCHECK. None when none of them is on for this client."""
     mfdns = settings[MFDNSCHECK] is not None
     localmf = settings[LOCALMFCHECK]
     spoof = settings[LOCALSPOOF] == "refuse"
@@ -119,9 +119,9 @@ def check(message: Message, settings: Settings) -> Finding | None:
         return None  # LOCALMFCHECK alone does nothing for outside clients (as in s/qmail)
     if not sender:
         return None  # the bounce sender: neither check applies
-    found = skipped(NAME, message, settings)
-    if found is not None:
-        return found
+    note = judged(NAME, message, settings)
+    if isinstance(note, Finding):
+        return note
     if spoof:
         refused = _spoofed(sender, home)
         if refused is not None:
