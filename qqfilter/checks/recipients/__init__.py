@@ -5,7 +5,9 @@ QQF_RCPTCHECK=any refuses when any recipient that qqfilter can judge has no mail
 only when none of the recipients has one (those it cannot judge count as having one).
 Bounces (the empty sender) with more recipients than QQF_BOUNCERCPTS are refused whatever
 the check says: a delivery status notification goes to one address. The mailbox lookup,
-qmail's own delivery logic read back, is in mailboxes.py.
+qmail's own delivery logic read back, is in mailboxes.py; vpopmail's users, where a domain
+delivers through vdelivermail, in vpopmail.py. Domains it could not judge for a reason the
+administrator can act on (vpopmail keeping its users in SQL) are named in the log.
 """
 
 from qqfilter.checks import Finding
@@ -39,7 +41,11 @@ BOUNCERCPTS = Setting(
     "refuse bounces (empty sender) to more recipients than this; 0 = no limit",
 )
 SETTINGS = (RCPTCHECK, RCPTLIST, BOUNCERCPTS)
-PRELOAD = ("cdblib", "qqfilter.checks.recipients.mailboxes")
+PRELOAD = (
+    "cdblib",
+    "qqfilter.checks.recipients.mailboxes",
+    "qqfilter.checks.recipients.vpopmail",
+)
 
 TAG = "Reject::RCPT::Failed_Rcptto"
 REASON = "no mailbox here by that name"
@@ -68,12 +74,14 @@ def check(message: Message, settings: Settings) -> Finding | None:
             (address, known.judge(address.decode("utf-8", "surrogateescape")))
             for address in recipients
         ]
+        aside = f"not judged: {'; '.join(known.notes)}" if known.notes else ""
     unknown = [a for a, answer in answers if answer == mailboxes.NO_MAILBOX]
     if not unknown:
-        return None
+        return Finding(NAME, Finding.CLEAN, aside) if aside else None
     if rule == "all" and len(unknown) < len(answers):
         names = ", ".join(f"<{a.decode('utf-8', 'replace')}>" for a in unknown)
-        return Finding(NAME, Finding.CLEAN, f"unknown, not refused (all): {names}")
+        note = f"unknown, not refused (all): {names}"
+        return Finding(NAME, Finding.CLEAN, f"{note}; {aside}" if aside else note)
     names = ", ".join(f"<{a.decode('utf-8', 'replace')}>" for a in unknown[:5])
     more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
     return Finding(
@@ -82,5 +90,6 @@ def check(message: Message, settings: Settings) -> Finding | None:
         REASON,
         tag=TAG,
         status="5.1.1",
-        detail=f"{len(unknown)} of {len(answers)} recipients unknown: {names}{more}",
+        detail=f"{len(unknown)} of {len(answers)} recipients unknown: {names}{more}"
+        + (f"; {aside}" if aside else ""),
     )

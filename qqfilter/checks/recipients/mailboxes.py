@@ -7,10 +7,12 @@ prefix ending in a wildcard character, giving a user, a home and an extension; w
 match qmail-getpw takes the longest system user at a ``-`` boundary, else the alias user with
 the whole local part as extension. qmail-local then looks for ``.qmail-ext``, then
 ``.qmail-<ext with its last parts>-default``, then ``.qmail-default`` in the home; when none
-exists for a non-empty extension, it bounces "no mailbox here by that name".
+exists for a non-empty extension, it bounces "no mailbox here by that name". When the file it
+finds runs vpopmail's vdelivermail, vpopmail's own user list decides (vpopmail.py).
 
-Each answer is EXISTS, NO_MAILBOX, or CANNOT_JUDGE (not our domain, a home we may not read):
-only NO_MAILBOX may ever refuse mail.
+Each answer is EXISTS, NO_MAILBOX, or CANNOT_JUDGE (not our domain, a home we may not read,
+a vpopmail domain whose users are in SQL): only NO_MAILBOX may ever refuse mail. Why a domain
+was not judged, where the log should say it, is in ``notes``.
 
 The cost of an address is bounded, since the envelope is the sender's to write: users/cdb is
 read by lookup (a few ``pread``s, never the whole file; a damaged one is a configuration
@@ -26,6 +28,10 @@ import struct
 
 from qqfilter import control
 from qqfilter.exitcodes import CONFIG_ERROR, QueueError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.checks.recipients import vpopmail
 
 EXISTS = "exists"
 NO_MAILBOX = "no mailbox"
@@ -68,6 +74,8 @@ class Mailboxes:
         self.judged: dict[str, str] = {}
         self.passwd: dict[str, str | None] = {}
         self.files: dict[str, str] = {}
+        self.notes: list[str] = []
+        self.vpopmail: vpopmail.Domains | None = None
 
     def __enter__(self) -> "Mailboxes":
         return self
@@ -76,6 +84,8 @@ class Mailboxes:
         self.close()
 
     def close(self) -> None:
+        if self.vpopmail:
+            self.vpopmail.close()
         if self.users:
             self.users.close()
 
@@ -99,10 +109,10 @@ class Mailboxes:
                 else NO_MAILBOX
             )
         if domain in self.locals:
-            return self._local(local)
+            return self._local(local, domain)
         prefix = self._virtual(local, domain)
         if prefix:
-            return self._local(f"{prefix}-{local}")
+            return self._local(f"{prefix}-{local}", domain)
         return CANNOT_JUDGE
 
     def _virtual(self, local: str, domain: str) -> str:
@@ -117,7 +127,7 @@ class Mailboxes:
                 return self.virtual[key]
         return self.virtual.get("", "")
 
-    def _local(self, local: str) -> str:
+    def _local(self, local: str, domain: str) -> str:
         if sum(local.count(char) for char in self.breaks) > MAX_BREAKS:
             return CANNOT_JUDGE
         found = self.users.lookup(local.lower()) if self.users else None
@@ -126,7 +136,7 @@ class Mailboxes:
         home, dash, extension = found
         if not extension:
             return EXISTS
-        return self._dot_qmail(home, dash, extension)
+        return self._dot_qmail(home, dash, extension, domain)
 
     def _system_user(self, local: str) -> tuple[str, str, str] | None:
         """qmail-getpw: the longest system user (not root, owning its home) at a ``-``
@@ -156,20 +166,30 @@ class Mailboxes:
         _remember(self.passwd, name, home)
         return home
 
-    def _dot_qmail(self, home: str, dash: str, extension: str) -> str:
-        """qmail-local's search: .qmail-ext, then each shorter -default, then .qmail-default."""
-        extension = extension.lower().replace(".", ":")
-        names = [extension]
+    def _dot_qmail(self, home: str, dash: str, extension: str, domain: str) -> str:
+        """qmail-local's search: .qmail-ext, then each shorter -default, then .qmail-default;
+        the file found decides, unless it runs vdelivermail (then vpopmail's users do)."""
+        ext = extension.lower().replace(".", ":")
+        names = [ext]
         # names longer than NAME_MAX cannot exist: start at the longest -default that can
-        position = min(len(extension), NAME_MAX - len(f".qmail{dash}-default") + 1)
-        while (position := extension.rfind("-", 0, position)) >= 0:
-            names.append(extension[:position] + "-default")
+        position = min(len(ext), NAME_MAX - len(f".qmail{dash}-default") + 1)
+        while (position := ext.rfind("-", 0, position)) >= 0:
+            names.append(ext[:position] + "-default")
         names.append("default")
         for name in names:
             found = self._file(home, f".qmail{dash}{name}")
+            if found == EXISTS:
+                return self._vpopmail().judge(f"{home}/.qmail{dash}{name}", extension, domain)
             if found != NO_MAILBOX:
                 return found
         return self._file(home, "")
+
+    def _vpopmail(self) -> "vpopmail.Domains":
+        if self.vpopmail is None:
+            from qqfilter.checks.recipients import vpopmail
+
+            self.vpopmail = vpopmail.Domains(self.users, self.notes)
+        return self.vpopmail
 
     def _file(self, home: str, name: str) -> str:
         """EXISTS, NO_MAILBOX (absent) or CANNOT_JUDGE for ``home``/``name``; for name "",
@@ -219,6 +239,11 @@ class _Users:
                 return home, dash, pre + local[i:]
         return None
 
+    def domain_dir(self, domain: str) -> str | None:
+        """The home of the ``+domain-`` entry (vpopmail's vget_assign), or None."""
+        entry = self.wild.get(f"{domain}-")
+        return entry[0] if entry else None
+
     def close(self) -> None:
         pass
 
@@ -247,11 +272,16 @@ class _Cdb:
     """A cdb file read by lookup, as qmail's cdb_seek reads it: ``pread``s of the header, the
     slots and the record, never the whole file (and no mmap, which a file cut short under us
     would turn into SIGBUS). Damage (a short read, a table past the end, a table with no
-    empty slot) is QueueError 55, as in qmail-lspawn it is a temporary failure."""
+    empty slot) is QueueError 55, as in qmail-lspawn it is a temporary failure; the log line
+    names the file (``name``) and how to mend it (``fix``)."""
 
-    def __init__(self, fd: int, path: str) -> None:
+    def __init__(
+        self, fd: int, path: str, name: str = "users/cdb", fix: str = "rebuild it with qmail-newu"
+    ) -> None:
         self.fd = fd
         self.path = path
+        self.name = name
+        self.fix = fix
         self.size = os.fstat(fd).st_size
         header = self._read(0, 2048)
         self.tables = list(struct.iter_unpack("<LL", header))
@@ -300,13 +330,13 @@ class _Cdb:
         try:
             data = os.pread(self.fd, length, offset)
         except OSError as exc:
-            raise control.unreadable("users/cdb", self.path, exc) from None
+            raise control.unreadable(self.name, self.path, exc) from None
         if len(data) < length:
             raise self._damaged(f"cut short at {self.size} bytes")
         return data
 
     def _damaged(self, what: str) -> QueueError:
-        why = f"users/cdb: {self.path} is damaged: {what} (rebuild it with qmail-newu)"
+        why = f"{self.name}: {self.path} is damaged: {what} ({self.fix})"
         return QueueError(CONFIG_ERROR, why)
 
     def close(self) -> None:
@@ -339,6 +369,12 @@ class _CdbUsers(_Users):
             extension = fields[5] + (local[i - 1 :] if wild else "")
             return fields[3], fields[4], extension
         return None
+
+    def domain_dir(self, domain: str) -> str | None:
+        """The home of the ``!domain-`` record, as vpopmail's vget_assign reads it."""
+        value = self.cdb.get(f"!{domain}-".encode("latin-1", "replace"))
+        fields = value.decode("latin-1").split("\0") if value is not None else []
+        return fields[3] if len(fields) > 3 else None
 
     def close(self) -> None:
         self.cdb.close()
