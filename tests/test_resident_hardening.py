@@ -470,3 +470,88 @@ def test_an_environment_too_big_for_one_packet_is_done_in_process(qq, server):
     assert reason.startswith(f"resident server {server.socket} unreachable: a request of ")
     assert reason.endswith(" bytes is too big for it")
     assert_no_traceback(server)
+
+
+# Issue 21: no traceback in serve's command line. What cannot be carried out is one line on
+# stderr and exit status 2, before anything is served; nothing at the path is removed.
+
+
+def serve_command(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*prefix, QQFILTER, "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+    )
+
+
+def assert_one_line(out: subprocess.CompletedProcess, words: str) -> None:
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert words in out.stderr, out.stderr
+    assert out.stderr.count("\n") == 1 or "usage:" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--socket", "/no/dir/s.sock"), "/no/dir/s.sock: cannot listen there: No such file"),
+        (("--users", "nosuch"), "qqfilter serve: --users nosuch: no such user"),
+        (("--users", "root,nosuch"), "qqfilter serve: --users nosuch: no such user"),
+        (("--group", "nosuch"), "qqfilter serve: --group nosuch: no such group"),
+        (("--socket", "/tmp/" + "a" * 120), "cannot listen there: AF_UNIX path too long"),
+        (("--socket", ""), "qqfilter serve: give --socket PATH (or QQF_SOCKET)"),
+        (("--max", "0"), "argument --max: '0': give a whole number, 1 or more"),
+        (("--connections", "many"), "argument --connections: 'many': give a whole number"),
+        (("--wait", "-1"), "argument --wait: '-1': give seconds, 0 or more"),
+        (("--grace", "inf"), "argument --grace: 'inf': give seconds, 0 or more"),
+    ],
+)
+def test_a_command_line_that_cannot_be_carried_out_is_one_line(tmp_path, args, words):
+    path = str(tmp_path / "s.sock")
+    out = serve_command("--socket", path, *args)
+    assert_one_line(out, words)
+    assert not os.path.exists(path)
+
+
+def test_a_path_that_is_not_a_socket_is_never_replaced(tmp_path):
+    """A file (as root: /etc/passwd, say), a directory, a link: left as they are."""
+    precious = tmp_path / "file"
+    precious.write_text("keep me\n")
+    (tmp_path / "directory").mkdir()
+    (tmp_path / "link").symlink_to(precious)
+    for name in ("file", "directory", "link"):
+        out = serve_command("--socket", str(tmp_path / name))
+        assert_one_line(out, f"{tmp_path / name}: exists and is not a socket; not replacing it")
+    assert precious.read_text() == "keep me\n"
+    assert (tmp_path / "directory").is_dir() and (tmp_path / "link").is_symlink()
+
+
+def test_a_socket_in_use_is_not_taken(tmp_path, server):
+    """A live server's socket, and a socket of another kind that answers (a stream one)."""
+    out = serve_command("--socket", server.socket)
+    assert_one_line(out, f"{server.socket}: another server answers there")
+    assert server.process.poll() is None
+    assert os.path.exists(server.socket)
+    other = str(tmp_path / "stream.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stream:
+        stream.bind(other)
+        stream.listen()
+        out = serve_command("--socket", other)
+        assert_one_line(out, f"{other}: cannot tell whether a server answers there: Protocol")
+        assert os.path.exists(other)
+
+
+def test_a_directory_it_cannot_write_is_one_line(tmp_path):
+    """As root, the server is started without CAP_DAC_OVERRIDE: the mode binds it too."""
+    closed = tmp_path / "closed"
+    closed.mkdir(mode=0o555)
+    prefix: tuple[str, ...] = ()
+    if os.getuid() == 0:
+        if SETPRIV is None:
+            pytest.skip("as root, an unwritable directory needs setpriv to drop the capability")
+        prefix = (SETPRIV, "--bounding-set=-dac_override,-dac_read_search")
+    out = serve_command("--socket", str(closed / "s.sock"), prefix=prefix)
+    assert_one_line(out, f"{closed / 's.sock'}: cannot listen there: Permission denied")
+    assert not any(closed.iterdir())

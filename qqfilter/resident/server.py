@@ -19,6 +19,11 @@ SIGTERM stops accepting, ends the connections still waiting for their request, l
 messages in work finish for at most ``grace`` seconds, and exits. The threads need SIGPIPE and
 SIGXFSZ ignored (a client gone, a file size limit: errors, not deaths), as CPython sets them at
 start.
+
+With ``--metrics HOST:PORT`` it also serves Prometheus metrics (qqfilter.resident.metrics,
+docs/metrics.md); without it, prometheus_client is never imported. A command line that cannot
+be carried out (no such user, a socket it cannot listen on, a port in use) is one line and
+exit status 2, before anything is served.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import pwd
 import resource
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -40,6 +46,10 @@ from qqfilter.exitcodes import TEMPFAILED, QueueError, describe
 from qqfilter.qmailqueue import Action, Decision, decide
 from qqfilter.resident import wire
 from qqfilter.settings import every_setting, server_only_variables
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.resident.metrics import Metrics
 
 PRELOAD = ("tomllib",)
 """What every message needs besides the check units' own PRELOAD (the TOML file's reader)."""
@@ -70,6 +80,12 @@ CONNECTION_FACTS = frozenset(
     }
 )
 """What tcpserver and qmail-smtpd say about the SMTP connection: every peer's own to tell."""
+USAGE_ERROR = 2
+"""Exit status when the command line cannot be carried out (as qqfilter.tools.USAGE_ERROR)."""
+
+
+class StartError(Exception):
+    """Why the server cannot start as asked: one line for the person who typed the command."""
 
 
 class Server:
@@ -85,9 +101,11 @@ class Server:
         group: int | None,
         connections: int,
         grace: float,
+        metrics: Metrics | None = None,
     ) -> None:
         self.path = path
-        self.gate = Gate(limit, wait)
+        self.metrics = metrics
+        self.gate = Gate(limit, wait, metrics)
         self.users = users
         self.group = group
         self.grace = grace
@@ -103,27 +121,58 @@ class Server:
         self.listener = self._listen()
 
     def _listen(self) -> socket.socket:
-        if os.path.exists(self.path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            try:
-                probe.connect(self.path)
-            except OSError:
-                os.unlink(self.path)  # left by a server that died: nobody answers there
-            else:
-                raise SystemExit(f"qqfilter serve: {self.path}: another server answers there")
-            finally:
-                probe.close()
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        old = os.umask(0o177 if self.group is None else 0o117)
+        """The listening socket at ``path``; StartError, in words, when there cannot be one."""
         try:
-            listener.bind(self.path)
-        finally:
-            os.umask(old)
-        if self.group is not None:
-            os.chown(self.path, -1, self.group)
-        listener.listen(128)
+            self._clear()
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except (OSError, ValueError) as exc:
+            raise StartError(f"{self.path}: cannot listen there: {_words(exc)}") from None
+        bound = False
+        try:
+            old = os.umask(0o177 if self.group is None else 0o117)
+            try:
+                listener.bind(self.path)
+                bound = True
+            finally:
+                os.umask(old)
+            if self.group is not None:
+                os.chown(self.path, -1, self.group)
+            listener.listen(128)
+        except (OSError, ValueError) as exc:
+            listener.close()
+            if bound:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+            raise StartError(f"{self.path}: cannot listen there: {_words(exc)}") from None
         listener.settimeout(0.2)
         return listener
+
+    def _clear(self) -> None:
+        """Remove a socket left at ``path`` by a server that died; StartError when another
+        server answers there, or ``path`` is something else (never removed)."""
+        try:
+            mode = os.lstat(self.path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise StartError(f"{self.path}: exists and is not a socket; not replacing it")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as probe:
+            try:
+                probe.connect(self.path)
+            except ConnectionRefusedError:  # left by a server that died: nobody answers
+                os.unlink(self.path)
+                return
+            except OSError as exc:  # EACCES, a socket of another type: not ours to take
+                raise StartError(
+                    f"{self.path}: cannot tell whether a server answers there: {_words(exc)}"
+                ) from None
+        raise StartError(f"{self.path}: another server answers there")
+
+    def close(self) -> None:
+        """Stop listening before ``run`` (a start that failed past the socket)."""
+        self.listener.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -157,6 +206,7 @@ class Server:
         except OSError as exc:
             # EMFILE, ENFILE, ENOBUFS, ENOMEM, ECONNABORTED...: a server that exits here is
             # one any local user stops; a pause, and the backlog waits
+            self._problem("accept_failed")
             if not self.stopping.is_set():
                 _say(f"accept failed: {describe(exc)}; pausing {ACCEPT_PAUSE:g} s")
                 self.stopping.wait(ACCEPT_PAUSE)
@@ -172,6 +222,7 @@ class Server:
                 with contextlib.suppress(OSError):
                     connection.sendmsg(*_refusal(pid, "resident server: this user may not use it"))
             self.slots.release()
+            self._problem("not_allowed")
             _say(f"refused pid {pid} uid {uid}: not an allowed user")
             return
         worker = threading.Thread(target=self._serve, args=(connection, pid, uid), daemon=True)
@@ -180,6 +231,7 @@ class Server:
         except RuntimeError as exc:  # no thread to be had (memory, a limit on processes)
             connection.close()
             self.slots.release()
+            self._problem("no_thread")
             _say(f"cannot start a thread: {exc}; pausing {ACCEPT_PAUSE:g} s")
             self.stopping.wait(ACCEPT_PAUSE)
             return
@@ -194,11 +246,15 @@ class Server:
                 data, flags = self._receive(connection, fds)
                 if data:  # none: the client closed without asking (it works without us)
                     connection.sendmsg(*self._decide(data, flags, fds, pid, uid))
+                else:  # a request too big to send, say: done in-process, or 71
+                    self._problem("closed_unasked")
         except TimeoutError:
+            self._problem("no_request")
             _say(f"pid {pid} uid {uid}: nothing within {IO_DEADLINE:g} s; closed")
         except OSError:
-            pass  # the client went away: it is its exit status qmail-smtpd sees
+            self._problem("client_gone")  # it is its exit status qmail-smtpd sees
         except Exception as exc:  # a bug: one line, and the server goes on
+            self._problem("internal_error")
             _say(f"pid {pid} uid {uid}: internal error: {type(exc).__name__}: {exc}")
         finally:
             for fd in fds:
@@ -233,14 +289,18 @@ class Server:
                 raise ValueError("not the message's and the envelope's descriptors")
             request = wire.unpack_request(data)
         except ValueError as exc:
+            self._problem("malformed")
             _say(f"malformed request from pid {pid} uid {uid}: {exc}")
             return _refusal(pid, "resident server: malformed request")
         environ, ignored = request.environ, tuple[str, ...]()
         if uid not in (self.own_uid, 0):
             environ, ignored = self.confine(request.environ)
-        decision = decide(
-            environ, fds[0], fds[1], request.pipes.__contains__, request.pid, self.gate, ignored
-        )
+
+        def decided() -> Decision:
+            usable = request.pipes.__contains__
+            return decide(environ, fds[0], fds[1], usable, request.pid, self.gate, ignored)
+
+        decision = decided() if self.metrics is None else self.metrics.watch(decided)
         action = decision.action
         if action.program:  # ours to close once they are on their way
             fds += [action.message_fd, action.envelope_fd]
@@ -262,22 +322,36 @@ class Server:
                 environ[name] = theirs[name]
         return environ, tuple(sorted(name for name in theirs if name in self.server_only))
 
+    def _problem(self, problem: str) -> None:
+        """A connection that ended without a decision, for --metrics."""
+        if self.metrics is not None:
+            self.metrics.problem(problem)
+
 
 class Gate:
     """At most ``limit`` messages under the checks at once; a message that waits longer
     than ``wait`` seconds for its turn is 71. Taken after spooling, so a slow SMTP client
     holds a thread, never a turn."""
 
-    def __init__(self, limit: int, wait: float) -> None:
+    def __init__(self, limit: int, wait: float, metrics: Metrics | None = None) -> None:
         self.turns = threading.BoundedSemaphore(limit)
         self.wait = wait
+        self.metrics = metrics
 
     def __enter__(self) -> None:
-        if not self.turns.acquire(timeout=self.wait):
+        if self.metrics is None:
+            turn = self.turns.acquire(timeout=self.wait)
+        else:
+            started = time.monotonic()
+            turn = self.turns.acquire(timeout=self.wait)
+            self.metrics.waited(time.monotonic() - started, turn)
+        if not turn:
             raise QueueError(TEMPFAILED, f"resident server busy for {self.wait:g} s")
 
     def __exit__(self, *_exc) -> None:
         self.turns.release()
+        if self.metrics is not None:
+            self.metrics.checking.dec()
 
 
 def peer(connection: socket.socket) -> tuple[int, int, int]:
@@ -333,9 +407,16 @@ def serve(
     group: str,
     connections: int = 100,
     grace: float = 60.0,
+    metrics: str = "",
+    metrics_public: bool = False,
 ) -> int:
-    """Run the server on ``path`` until SIGTERM; returns the exit status."""
+    """Run the server on ``path`` until SIGTERM; returns the exit status. ``metrics``,
+    HOST:PORT, serves Prometheus metrics there (a non-loopback address only when
+    ``metrics_public``). Raises StartError when it cannot start as asked."""
     started = time.monotonic()
+    allowed = {os.getuid(), 0} | {_uid(u) for u in users}
+    gid = _gid(group) if group else None
+    watch = _metrics(metrics, metrics_public, limit, connections) if metrics else None
     from qqfilter.checks import units
 
     for name in (*PRELOAD, *(name for unit in units() for name in unit.preload)):
@@ -343,8 +424,6 @@ def serve(
         # AttributeError, not ImportError): the checks cope, and say so per message
         with contextlib.suppress(ImportError, OSError, AttributeError):
             __import__(name)
-    allowed = {os.getuid(), 0} | {_uid(u) for u in users}
-    gid = grp.getgrnam(group).gr_gid if group else None
     server = Server(
         path,
         limit=limit,
@@ -353,7 +432,9 @@ def serve(
         group=gid,
         connections=connections,
         grace=grace,
+        metrics=watch[0] if watch else None,
     )
+    where = _watch(server, *watch) if watch else ""
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGINT, lambda *_: server.stopping.set())
     signal.signal(signal.SIGHUP, lambda *_: _reload())
@@ -364,14 +445,71 @@ def serve(
             f"descriptors, and the limit is {descriptors}: raise it (ulimit -n) or lower "
             "--connections; the server pauses while it has none"
         )
-    _say(f"serving on {path} (ready in {time.monotonic() - started:.2f} s)")
+    _say(f"serving on {path}{where} (ready in {time.monotonic() - started:.2f} s)")
     server.run()
     _say("stopped")
     return 0
 
 
+def _metrics(address: str, public: bool, limit: int, connections: int) -> tuple[Metrics, str, int]:
+    """The metrics (not served yet), and the host and port --metrics ``address`` names.
+    StartError when prometheus_client is missing, or ``address`` is no address or, unless
+    ``public``, not a loopback one."""
+    try:
+        from qqfilter.resident.metrics import Metrics, parse_address
+    except ImportError as exc:
+        raise StartError(
+            f"--metrics needs the prometheus_client package ({exc}): "
+            "pip install 'qqfilter[metrics]'"
+        ) from None
+    from qqfilter.checks import units
+
+    try:
+        host, port = parse_address(address, public)
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
+    names = [unit.name for unit in units()]
+    return Metrics(names, limit=limit, connections=connections), host, port
+
+
+def _watch(server: Server, watching: Metrics, host: str, port: int) -> str:
+    """Serve the metrics on ``host``:``port`` and watch the pipeline; the words for the
+    ready line. StartError (the socket removed) when the port cannot be had."""
+    try:
+        host, port = watching.serve(host, port)
+    except OSError as exc:
+        server.close()
+        raise StartError(f"--metrics {_bracketed(host)}:{port}: {_words(exc)}") from None
+    watching.waiting.set_function(lambda: len(server.waiting))
+    from qqfilter import pipeline
+
+    pipeline.OBSERVER = watching
+    return f", metrics on http://{_bracketed(host)}:{port}/metrics"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _uid(user: str) -> int:
-    return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    try:
+        return int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid
+    except (KeyError, ValueError):
+        raise StartError(f"--users {user}: no such user") from None
+
+
+def _gid(group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except (KeyError, ValueError):
+        raise StartError(f"--group {group}: no such group") from None
+
+
+def _words(exc: BaseException) -> str:
+    """An exception in words: an OSError's strerror, else what it says."""
+    if isinstance(exc, OSError):
+        return describe(exc)
+    return str(exc) or type(exc).__name__
 
 
 def _reload() -> None:
@@ -393,19 +531,21 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve_parser.add_argument(
         "--socket", default=os.environ.get("QQF_SOCKET", ""), help="the socket (QQF_SOCKET)"
     )
-    serve_parser.add_argument("--max", type=int, default=16, help="messages in work at once (16)")
     serve_parser.add_argument(
-        "--wait", type=float, default=10.0, help="seconds a client may wait for a turn (10)"
+        "--max", type=_count, default=16, help="messages in work at once (16)"
+    )
+    serve_parser.add_argument(
+        "--wait", type=_seconds, default=10.0, help="seconds a client may wait for a turn (10)"
     )
     serve_parser.add_argument(
         "--connections",
-        type=int,
+        type=_count,
         default=100,
         help="connections served at once, spooling included; more wait in the backlog (100)",
     )
     serve_parser.add_argument(
         "--grace",
-        type=float,
+        type=_seconds,
         default=60.0,
         help="seconds SIGTERM waits for the messages in work (60)",
     )
@@ -413,20 +553,65 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--users", default="", help="users besides the server's own (and root) who may connect"
     )
     serve_parser.add_argument("--group", default="", help="a group whose members may connect")
+    serve_parser.add_argument(
+        "--metrics",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics there (PORT alone: 127.0.0.1; needs prometheus_client; "
+        "docs/metrics.md)",
+    )
+    serve_parser.add_argument(
+        "--metrics-public",
+        action="store_true",
+        help="allow --metrics on an address that is not loopback",
+    )
     serve_parser.set_defaults(run=_command)
+
+
+def _count(text: str) -> int:
+    """--max, --connections: a whole number, 1 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number, 1 or more")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """--wait, --grace: seconds, 0 or more (no infinity: a wait for ever is a hang)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < 1e9:
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds, 0 or more")
+    return value
 
 
 def _command(options: argparse.Namespace) -> int:
     if not options.socket:
-        logline.write_line("qqfilter serve: give --socket PATH (or QQF_SOCKET)")
-        return 2
+        _say("give --socket PATH (or QQF_SOCKET)")
+        return USAGE_ERROR
+    if options.metrics_public and not options.metrics:
+        _say("--metrics-public goes with --metrics HOST:PORT")
+        return USAGE_ERROR
     users = [u for u in options.users.split(",") if u]
-    return serve(
-        options.socket,
-        limit=max(1, options.max),
-        wait=options.wait,
-        users=users,
-        group=options.group,
-        connections=max(1, options.connections),
-        grace=max(0.0, options.grace),
-    )
+    try:
+        return serve(
+            options.socket,
+            limit=options.max,
+            wait=options.wait,
+            users=users,
+            group=options.group,
+            connections=options.connections,
+            grace=options.grace,
+            metrics=options.metrics,
+            metrics_public=options.metrics_public,
+        )
+    except StartError as exc:
+        _say(str(exc))
+        return USAGE_ERROR
+    except KeyboardInterrupt:  # Ctrl-C while it starts (after that, SIGINT stops it)
+        return 130

@@ -69,11 +69,24 @@ BIG_ANSWER = 4096
 """Bytes (on the wire) past which an answer is not kept: asked again instead."""
 MAX_TTL = 3600
 """Seconds an answer is kept at most, whatever TTL it came with."""
+HITS = 0
+"""Questions answered from the cache (an answer, or a cached NXDOMAIN), since start."""
+MISSES = 0
+"""Questions the cache had no answer to (not there, or expired): asked of DNS."""
+TOO_BIG = 0
+"""Answers not kept because they were over BIG_ANSWER (or could not be measured)."""
 
 
 def forget() -> None:
-    """Drop the resolvers and their caches (the resident server's SIGHUP)."""
+    """Drop the resolvers and their caches (the resident server's SIGHUP); the counts stay."""
     _RESOLVERS.clear()
+
+
+def cache_statistics() -> tuple[int, int, int, int]:
+    """HITS, MISSES and TOO_BIG (since start), and the answers kept now over every resolver:
+    read at a scrape (qqfilter serve --metrics, docs/metrics.md)."""
+    kept = sum(len(getattr(r.cache, "data", ())) for r in list(_RESOLVERS.values()))
+    return HITS, MISSES, TOO_BIG, kept
 
 
 def make_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:
@@ -95,15 +108,34 @@ def _bounded_cache() -> dns.resolver.LRUCache:
     bytes or past MAX_TTL seconds."""
     import time
 
+    import dns.rcode
+    import dns.rdatatype
     import dns.resolver
 
     class BoundedCache(dns.resolver.LRUCache):
+        def get(self, key):
+            """dnspython looks twice for a question: its type, then ANY for a cached
+            NXDOMAIN; the second look decides a miss. The counts are unlocked: one lost to
+            a race is no harm."""
+            global HITS, MISSES
+            found = super().get(key)
+            if key[1] != dns.rdatatype.ANY:
+                if found is not None:
+                    HITS += 1
+            elif found is not None and found.response.rcode() == dns.rcode.NXDOMAIN:
+                HITS += 1
+            else:
+                MISSES += 1
+            return found
+
         def put(self, key, value) -> None:
+            global TOO_BIG
             try:
                 size = len(value.response.to_wire())
             except Exception:  # an answer that cannot be measured is not kept
-                return
+                size = BIG_ANSWER + 1
             if size > BIG_ANSWER:
+                TOO_BIG += 1  # unlocked, as the counts above
                 return
             value.expiration = min(value.expiration, time.time() + MAX_TTL)
             super().put(key, value)
