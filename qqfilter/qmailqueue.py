@@ -69,9 +69,11 @@ class Decision:
         self.pid = pid
 
 
-def run(environ: dict[str, str]) -> int:
-    """Filter one message; returns the exit code, or does not return (handed on)."""
-    return perform(decide(environ, 0, 1, replypipe.usable))
+def run(environ: dict[str, str], fallback: str = "") -> int:
+    """Filter one message; returns the exit code, or does not return (handed on).
+    ``fallback`` says why the resident server (QQF_SOCKET) could not do it, when it could
+    not: the line says so (``fallback``)."""
+    return perform(decide(environ, 0, 1, replypipe.usable, fallback=fallback))
 
 
 def decide(
@@ -82,12 +84,14 @@ def decide(
     pid: int = 0,
     gate: AbstractContextManager[None] | None = None,
     ignored: tuple[str, ...] = (),
+    fallback: str = "",
 ) -> Decision:
     """The Decision for the message on descriptor ``message_fd`` and the envelope on
     ``envelope_fd``; ``reply_usable(fd)`` says whether a custom-reply pipe is there, ``pid``
     is the process the log line names (the one qmail-smtpd started; by default this one),
-    ``gate``, a context manager the resident server gives, is held while checks run, and
-    ``ignored`` names the variables the resident server did not take from its peer.
+    ``gate``, a context manager the resident server gives, is held while checks run,
+    ``ignored`` names the variables the resident server did not take from its peer, and
+    ``fallback`` why the resident server could not be used (the client's words), if so.
 
     Never raises: an unexpected exception is 81 (memory exhaustion 51), with its log line.
     """
@@ -98,6 +102,7 @@ def decide(
         "pid": pid,
         "ip": connection.remote_ip,
         "ignored": ",".join(ignored),
+        "fallback": f"{logline.FALLBACK}: {fallback}" if fallback else "",
     }
     style = "json" if environ.get("QQF_LOG") == "json" else "text"
     action = None
@@ -109,7 +114,10 @@ def decide(
         style = settings[LOG]
         action = _filter(connection, settings, fields, message_fd, envelope_fd, reply_usable, gate)
     except QueueError as exc:
-        fields.update(verdict="error", reason=exc.reason)
+        # the contract failed; or the resident server's turn was not had in time, which
+        # _judge names a tempfail, as a check's (no class for it: ~15 us of start-up)
+        fields["verdict"] = "tempfail" if fields.get("verdict") == "tempfail" else "error"
+        fields["reason"] = exc.reason
         action = Action(exc.code)
     except MemoryError:
         fields.update(verdict="error", reason="out of memory")
@@ -155,13 +163,23 @@ def _judge(
 ) -> Action:
     """Parse the envelope, evaluate, conclude. Raises QueueError on contract failures."""
     fields["size"] = spool.received
+    fields["msgid"] = logline.message_id(spool.read(0, logline.HEAD))
     parsed = envelope.read(envelope_fd)
-    fields.update({"from": logline.address(parsed.sender), "rcpts": len(parsed.recipients)})
+    fields["from"] = logline.address(parsed.sender)
+    fields["rcpts"] = len(parsed.recipients)
+    fields["to"] = logline.recipients(parsed.recipients)
     if gate is None:
         verdict = evaluate(Message(spool, parsed, connection), settings)
     else:
-        with gate:  # the resident server's limit: taken once the message is spooled
+        try:  # the resident server's limit: taken once the message is spooled
+            gate.__enter__()
+        except QueueError:
+            fields["verdict"] = "tempfail"
+            raise
+        try:
             verdict = evaluate(Message(spool, parsed, connection), settings)
+        finally:
+            gate.__exit__(None, None, None)
     fields.update(
         verdict=verdict.action,
         check=verdict.check,

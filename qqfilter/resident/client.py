@@ -11,10 +11,16 @@ client waits for the answer at most QQF_SOCKETTIMEOUT seconds (DEADLINE) once th
 message has arrived (a slow SMTP client's time is qmail-smtpd's to limit, not ours), and for
 room in a full listen backlog as long; then it answers 71.
 
+Its own failures get one line like any tempfail's (``verdict=tempfail code=71``, ``ip``): when
+the server never had the descriptors (unreachable, a full backlog), the client reads the
+message and the envelope itself for ``size``, ``msgid``, ``from``, ``rcpts`` and ``to``; when
+the server had them (no answer, died, an answer that makes no sense) it may have read any part
+of them (the descriptors share their offsets), so the line says only what the client knows.
+
 It imports C modules and small modules of the project's that import nothing else (wire and
-replypipe; handoff to exec; logline and exitcodes only to say it failed; select, a C module,
-to wait): every module counts, about 0.2 ms each here, since its start-up is paid by every
-message.
+replypipe; handoff to exec; logline, exitcodes and envelope only to say it failed; select, a
+C module, to wait): every module counts, about 0.2 ms each here, since its start-up is paid
+by every message.
 """
 
 import _socket
@@ -34,10 +40,10 @@ TOO_BIG = (errno.EMSGSIZE, errno.ENOBUFS)
 """sendmsg's errors for a request past the socket's buffer (an environment of ~212 KB)."""
 
 
-def run(environ: dict[str, str]) -> int | None:
-    """Filter through the server; None when it cannot be reached (or cannot be told this
-    message) and the caller should do the work itself (QQF_SOCKETFALLBACK=inprocess, the
-    default)."""
+def run(environ: dict[str, str]) -> int | str:
+    """Filter through the server: the exit code; or, when it cannot be reached (or cannot be
+    told this message) and the caller should do the work itself (QQF_SOCKETFALLBACK=inprocess,
+    the default), why not (``path: problem``), for the caller's log line."""
     path = environ.get("QQF_SOCKET", "")
     deadline = _seconds(environ.get("QQF_SOCKETTIMEOUT", ""))
     connection = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
@@ -46,20 +52,22 @@ def run(environ: dict[str, str]) -> int | None:
         try:
             problem = _connect(connection, path, deadline)
         except TimeoutError:
-            return _fail(f"resident server busy: no room in its backlog for {deadline:g} s")
+            why = f"resident server busy: no room in its backlog for {deadline:g} s"
+            return _fail(why, environ, unread=True)
         if problem is None:
             problem = _send(connection, environ)
         if problem is not None:
             if environ.get("QQF_SOCKETFALLBACK") == "tempfail":
-                return _fail(f"resident server {path} unreachable: {problem}")
-            return None
+                why = f"resident server {path} unreachable: {problem}"
+                return _fail(why, environ, unread=True)
+            return f"{path}: {problem}"
         if not _wait(connection, deadline):
-            return _fail(f"resident server gave no answer within {deadline:g} s")
+            return _fail(f"resident server gave no answer within {deadline:g} s", environ)
         try:
             received = _receive(connection)
         except OSError as exc:
-            return _fail(f"resident server failed mid-message: {_words(exc)}")
-        return _carry_out(*received)
+            return _fail(f"resident server failed mid-message: {_words(exc)}", environ)
+        return _carry_out(environ, *received)
     finally:
         connection.close()
 
@@ -156,7 +164,9 @@ def _receive(
     return data, ancillary
 
 
-def _carry_out(data: bytes, ancillary: list[tuple[int, int, bytes]]) -> int:
+def _carry_out(
+    environ: dict[str, str], data: bytes, ancillary: list[tuple[int, int, bytes]]
+) -> int:
     """Write the answer's log line and do what it says: exec qmail-queue, or the exit code."""
     received = wire.descriptors(ancillary)
     try:
@@ -164,12 +174,15 @@ def _carry_out(data: bytes, ancillary: list[tuple[int, int, bytes]]) -> int:
     except ValueError as exc:
         for fd in received:
             os.close(fd)
-        return _fail(f"resident server {exc}")
+        return _fail(f"resident server {exc}", environ)
     _write_line(answer.line)
     if answer.kind == wire.EXEC and len(received) == 2:
         from qqfilter import handoff  # accepted mail only: a refusal need not load it
 
-        return _fail(handoff.execute(answer.program, received[0], received[1]))
+        reason = handoff.execute(answer.program, received[0], received[1])
+        # the accept line is out; this second line says the hand-off failed, as the
+        # one-shot program's does (qmailqueue.perform)
+        return _fail(reason, environ, verdict="error")
     for fd in received:
         os.close(fd)
     if answer.reply:
@@ -184,14 +197,56 @@ def _words(exc: OSError) -> str:
     return describe(exc)
 
 
-def _fail(reason: str) -> int:
-    """The one log line for a failure of the client's own, and 71: the sender retries."""
+def _fail(
+    reason: str, environ: dict[str, str], *, unread: bool = False, verdict: str = "tempfail"
+) -> int:
+    """The one log line for a failure of the client's own, and 71: the sender retries.
+
+    A tempfail's line has the fields of any tempfail's that the client can vouch for: the
+    client's address always; with ``unread`` (the server never had fds 0 and 1) what the
+    message and the envelope say, read here. ``verdict="error"`` is the exec of qmail-queue
+    failing after the accept line: the pid and the reason, as the one-shot program says it.
+    """
     from qqfilter import logline
     from qqfilter.exitcodes import TEMPFAILED
 
-    fields = {"pid": os.getpid(), "verdict": "error", "code": TEMPFAILED, "reason": reason}
-    _write_line(logline.format_text(fields).encode("ascii", "backslashreplace"))
+    fields: dict[str, object] = {"pid": os.getpid(), "verdict": verdict, "code": TEMPFAILED}
+    fields["reason"] = reason
+    if verdict == "tempfail":
+        fields["ip"] = environ.get("TCPREMOTEIP", "")
+        if unread:
+            fields.update(_unread())
+    style = "json" if environ.get("QQF_LOG") == "json" else "text"
+    _write_line(logline.format_line(fields, style).encode("ascii", "backslashreplace"))
     return TEMPFAILED
+
+
+def _unread() -> dict[str, object]:
+    """What the message on fd 0 and the envelope on fd 1 say for the log line, read to their
+    ends as the one-shot program reads them (fd 0 first: qmail-smtpd writes the envelope once
+    the message is all written): ``size`` and ``msgid`` once fd 0 is read, then ``from``,
+    ``rcpts`` and ``to`` if the envelope is one. Only for descriptors the server never had."""
+    from qqfilter import envelope, logline
+    from qqfilter.exitcodes import QueueError
+
+    head = b""
+    size = 0
+    try:
+        while chunk := os.read(0, 262144):
+            size += len(chunk)
+            if len(head) < logline.HEAD:
+                head += chunk[: logline.HEAD - len(head)]
+    except OSError:
+        return {}  # the envelope comes after the message: it cannot be read either
+    facts: dict[str, object] = {"size": size, "msgid": logline.message_id(head)}
+    try:
+        parsed = envelope.read(1)
+    except QueueError:
+        return facts
+    facts["from"] = logline.address(parsed.sender)
+    facts["rcpts"] = len(parsed.recipients)
+    facts["to"] = logline.recipients(parsed.recipients)
+    return facts
 
 
 def _write_line(line: bytes) -> None:
