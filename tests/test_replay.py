@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -174,7 +175,7 @@ def test_an_unreadable_source_is_reported_and_the_run_goes_on(tmp_path):
     assert out.returncode == 1
     lines = out.stdout.splitlines()
     assert lines[0] == f"unreadable  {tmp_path}/missing  no such file or directory"
-    assert lines[1] == f"accept  {tmp_path}/ok.eml"
+    assert lines[1] == f'accept  {tmp_path}/ok.eml  <>  "lunch"'
     assert "unreadable" in out.stdout.split("verdict", 1)[1]
 
 
@@ -193,8 +194,20 @@ def test_the_same_sources_give_the_same_verdicts_in_any_mode(tmp_path):
 def test_csv_and_text_carry_the_same_data(tmp_path):
     queue = make_queue(tmp_path, [(EXE, b"a@example.com", [b"b@example.org"])])
     rows = list(csv.reader(io.StringIO(replay("--csv", str(queue)).stdout)))
-    assert rows[0] == ["source", "verdict", "code", "check", "tag", "reason", "notes", "derived"]
+    assert rows[0] == [
+        "source",
+        "verdict",
+        "code",
+        "check",
+        "tag",
+        "reason",
+        "notes",
+        "derived",
+        "sender",
+        "subject",
+    ]
     assert rows[1][1:5] == ["reject", "31", "mime", "Reject::DATA::MIME_Attach"]
+    assert rows[1][8:] == ["a@example.com", "invoice"]
     assert ["summary", "name", "count"] in rows
     assert ["verdicts", "reject", "1"] in rows
     text = replay(str(queue)).stdout
@@ -212,26 +225,161 @@ def test_no_progress_bar_when_piped(tmp_path, jobs):
     assert os.path.isdir(queue)
 
 
-def test_a_progress_bar_on_a_terminal(tmp_path):
+def on_a_terminal(args: list[str], stdout_too: bool = False) -> tuple[int, str, str]:
+    """Run ``qqfilter replay ARGS`` with stderr (and, if ``stdout_too``, stdout) on a pty of
+    120 columns; its exit status, what the terminal received, and stdout when it is a pipe.
+    The terminal is read as the command runs (a full pty would stop it)."""
+    import fcntl
     import pty
+    import struct
+    import termios
+    import threading
 
-    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 30)
     controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    received = bytearray()
+
+    def read() -> None:
+        while True:
+            try:
+                data = os.read(controller, 65536)
+            except OSError:  # EIO: every holder of the terminal has closed it
+                return
+            if not data:
+                return
+            received.extend(data)
+
+    reader = threading.Thread(target=read)
+    reader.start()
     try:
+        proc = subprocess.Popen(
+            [QQFILTER, "replay", *args],
+            stdout=terminal if stdout_too else subprocess.PIPE,
+            stderr=terminal,
+            env={"PATH": "/usr/bin:/bin", "QQF_CONFIG": "/dev/null"},
+        )
+        os.close(terminal)
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        proc.wait(timeout=120)
+        reader.join(timeout=30)
+    finally:
+        os.close(controller)
+    return proc.returncode, received.decode(), out
+
+
+BAR = re.compile(r"replay \[[#.]{30}\] (\d+)/(\d+)  [\d.]+/s  (\d+:\d\d|--:--) left")
+
+
+def screen(stream: str) -> list[str]:
+    """The lines a terminal shows after ``stream``: ``\\r`` goes back to the line's start,
+    ``ESC [K`` erases to its end, other characters overwrite."""
+    lines, line, column = [], [], 0
+    for token in re.findall(r"\x1b\[K|\r|\n|[^\r\n\x1b]", stream):
+        if token == "\r":
+            column = 0
+        elif token == "\n":
+            lines.append("".join(line))
+            line, column = [], 0
+        elif token == "\x1b[K":
+            del line[column:]
+        else:
+            line[column : column + 1] = [token]
+            column += 1
+    return [*lines, "".join(line)]
+
+
+def test_a_progress_bar_on_a_terminal_with_rate_and_time_left(tmp_path):
+    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 30)
+    code, shown, out = on_a_terminal([str(queue)])
+    assert code == 0
+    bars = BAR.findall(shown)
+    assert bars, shown
+    assert all(total == "30" for _done, total, _left in bars)
+    assert bars[-1][:2] == ("30", "30")  # the last one drawn is the whole
+    assert "\n" not in shown  # one line, redrawn in place...
+    assert shown.endswith("\r\x1b[K")  # ...and taken off at the end
+    assert screen(shown) == [""]
+    assert "replay [" not in out
+    assert out == replay(str(queue)).stdout
+
+
+def test_result_lines_are_never_written_behind_the_bar(tmp_path):
+    """stdout and stderr on one terminal: every line on the screen is a result line as it is
+    piped (the bar taken off before each and drawn below it), and the bar went last."""
+    queue = make_queue(
+        tmp_path,
+        [(CLEAN if i % 3 else EXE, b"a@example.com", [b"b@example.org"]) for i in range(40)],
+    )
+    code, shown, _ = on_a_terminal(["--jobs", "2", str(queue)], stdout_too=True)
+    assert code == 0
+    piped = replay(str(queue)).stdout
+    assert screen(shown) == [*piped.splitlines(), ""]
+    assert len(BAR.findall(shown)) >= 40  # it was there: redrawn below each result line
+
+
+def test_no_progress_bar_when_stderr_is_a_file(tmp_path):
+    queue = make_queue(tmp_path, [(CLEAN, b"a@example.com", [b"b@example.org"])] * 30)
+    with open(tmp_path / "err", "w+") as err:
         out = subprocess.run(
             [QQFILTER, "replay", str(queue)],
             stdout=subprocess.PIPE,
-            stderr=terminal,
+            stderr=err,
             env={"PATH": "/usr/bin:/bin", "QQF_CONFIG": "/dev/null"},
             timeout=120,
         )
-        shown = os.read(controller, 65536).decode()
-    finally:
-        os.close(controller)
-        os.close(terminal)
     assert out.returncode == 0
-    assert "\rreplay [#########################.....] 25/30" in shown
-    assert shown.endswith("\rreplay [" + "#" * 30 + "] 30/30\r\n")
+    assert (tmp_path / "err").read_text() == ""
+
+
+def test_the_bar_shows_the_rate_and_what_is_left():
+    from qqfilter.tools.replay import Progress
+
+    progress = Progress()
+    progress.done, progress.total = 250, 1000
+    assert progress.line(10.0) == (
+        "replay [#######.......................] 250/1000  25/s  0:30 left"
+    )
+    progress.done = 3
+    assert progress.line(2.0).endswith(" 3/1000  1.5/s  11:05 left")
+    progress.done = 1
+    assert progress.line(4000.0).endswith(" 1/1000  0.0/s  1110:00:00 left")
+    progress.done = 250
+    narrow = progress.line(10.0, columns=50)  # the bar gives way to the numbers
+    assert narrow == "replay [###...........] 250/1000  25/s  0:30 left"
+    assert len(narrow) < 50
+    assert progress.line(10.0, columns=40) == "replay 250/1000  25/s  0:30 left"
+
+
+def test_each_line_names_the_sender_and_the_subject(tmp_path):
+    """Decoded (RFC 2047), escaped (nothing a sender writes can move the cursor, colour the
+    terminal or start a line), cut at 60 characters; the sender the message was replayed
+    with, ``<>`` for a bounce."""
+    subjects = {
+        "a.eml": b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe_aus_?=\n =?iso-8859-1?b?S/Zsbg==?=",
+        "b.eml": b'Subject: \x1b[31mred\x1b[0m "quoted" \\ back\xff\xe2\x80\xaeevil',
+        "c.eml": b"Subject: " + b"0123456789" * 10,
+        "d.eml": b"Subject: =?x-unknown?q?caf=C3=A9?= =?utf-8?b?!!?=",
+        "e.eml": b"X-No-Subject: here",
+    }
+    for name, field in subjects.items():
+        (tmp_path / name).write_bytes(field + b"\nFrom: x@example.com\n\nhi\n")
+        sender = b"" if name == "e.eml" else b"s\x07@" + name.encode()
+        (tmp_path / name).with_suffix(".env").write_bytes(b"F" + sender + b"\0Tbob@example.org\0\0")
+    out = replay(str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:5] == [
+        f'accept  {tmp_path}/a.eml  <s\\x07@a.eml>  "Grüße aus Köln"',
+        f"accept  {tmp_path}/b.eml  <s\\x07@b.eml>  "
+        r'"\x1b[31mred\x1b[0m \"quoted\" \\ back\xff\u202eevil"',
+        f'accept  {tmp_path}/c.eml  <s\\x07@c.eml>  "{("0123456789" * 6)[:57]}..."',
+        f'accept  {tmp_path}/d.eml  <s\\x07@d.eml>  "café"',
+        f'accept  {tmp_path}/e.eml  <>  ""',
+    ]
+    found, _ = records(replay("--json", str(tmp_path)))
+    assert [(r["sender"], r["subject"]) for r in found][::4] == [
+        ("s\\x07@a.eml", "Grüße aus Köln"),
+        ("", ""),
+    ]
 
 
 def test_an_entry_left_out_in_a_directory_does_not_stop_the_rest(tmp_path):

@@ -10,17 +10,68 @@ say) loads no other.
 """
 
 import argparse
+import os
+import select
+import sys
 
 from qqfilter import __version__
 
 USAGE_ERROR = 2
 """Exit status when the command line cannot be carried out (argparse's own for a bad one)."""
+PIPE_CLOSED = 128 + 13
+"""Exit status when the reader of the output went away (``qqfilter stats LOG | head``): the
+status a shell shows for a coreutils program ended by SIGPIPE (128 + 13)."""
+INTERRUPTED = 128 + 2
+"""Exit status on Ctrl-C (SIGINT), as a shell shows it for a program ended by it."""
 
 
 def dispatch(args: list[str]) -> int:
+    """Parse ``args`` and run the subcommand they name; return the exit status.
+
+    Never a traceback for what a person does at a terminal: when the output's reader goes
+    away (a pipe into ``head``), the command stops quietly with PIPE_CLOSED, as ``cat`` does
+    (the rest of the output is thrown away, so nothing fails again at exit); on Ctrl-C it
+    says ``qqfilter: interrupted`` and exits INTERRUPTED."""
+    try:
+        try:
+            return _run(args)
+        finally:
+            if sys.stdout is not None:  # None when started with fd 1 closed
+                sys.stdout.flush()  # here, not at exit: a closed pipe is a BrokenPipeError
+    except BrokenPipeError:
+        gone = [fd for fd in (1, 2) if _reader_gone(fd)]
+        if not gone:
+            raise  # not the output's pipe: a fault to show, not to hide
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for fd in gone:
+            os.dup2(devnull, fd)
+        os.close(devnull)
+        return PIPE_CLOSED
+    except KeyboardInterrupt:
+        try:
+            # on a terminal, over the ^C it echoed (on a line of its own, or a cleared bar)
+            start = "\r\033[K" if sys.stderr.isatty() else ""
+            sys.stderr.write(f"{start}qqfilter: interrupted\n")
+            sys.stderr.flush()
+        except (AttributeError, OSError):  # no stderr (None: fd 2 closed), or a broken one
+            pass
+        return INTERRUPTED
+
+
+def _reader_gone(fd: int) -> bool:
+    """Whether ``fd`` is a pipe or socket whose reader has gone (poll says POLLERR/POLLHUP)."""
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+
+
+def _run(args: list[str]) -> int:
     """Parse ``args`` and run the subcommand they name."""
     from qqfilter.resident import server
-    from qqfilter.tools import config, replay, stats, test
+    from qqfilter.tools import config, replay, setup, stats, test
 
     parser = argparse.ArgumentParser(
         prog="qqfilter",
@@ -28,7 +79,7 @@ def dispatch(args: list[str]) -> int:
     )
     parser.add_argument("--version", action="version", version=f"qqfilter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for tool in (test, config, replay, stats, server):
+    for tool in (test, config, replay, stats, server, setup):
         tool.add_parser(sub)
     options = parser.parse_args(args)
     return options.run(options)

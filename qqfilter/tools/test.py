@@ -6,7 +6,9 @@ this module only finds the envelope and the client, and shows the outcome.
 """
 
 import argparse
+import errno
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -38,8 +40,11 @@ def _test(options: argparse.Namespace) -> int:
         return 1
     try:
         raw_envelope = _envelope(options)
-        fd = os.open(options.message, os.O_RDONLY | os.O_CLOEXEC)
-    except (OSError, ValueError) as exc:
+        fd = _open(options.message)
+    except OSError as exc:
+        print(f"qqfilter: {_words(exc)}", file=sys.stderr)
+        return USAGE_ERROR
+    except ValueError as exc:
         print(f"qqfilter: {exc}", file=sys.stderr)
         return USAGE_ERROR
     connection = Connection.from_environ(_environ(options))
@@ -49,6 +54,23 @@ def _test(options: argparse.Namespace) -> int:
         os.close(fd)
     _show(outcome, settings)
     return 0
+
+
+def _open(path: Path) -> int:
+    """A descriptor on the message file ``path``: a file, or a pipe or device to read to its
+    end (``/dev/stdin``), never a directory. Raises OSError."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if stat.S_ISDIR(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    return fd
+
+
+def _words(exc: OSError) -> str:
+    """``FILE: what went wrong`` for a person (``m.eml: no such file or directory``)."""
+    why = exc.strerror or str(exc) or type(exc).__name__
+    why = why[:1].lower() + why[1:]
+    return f"{exc.filename}: {why}" if exc.filename is not None else why
 
 
 def _environ(options: argparse.Namespace) -> dict[str, str]:

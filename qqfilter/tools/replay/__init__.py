@@ -12,17 +12,37 @@ JSON lines, CSV); finding and reading the sources is a module of its own (``sour
 """
 
 import argparse
+import contextlib
+import io
 import os
 import sys
+import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable
 
+from qqfilter.logline import escape
 from qqfilter.message import Connection
 from qqfilter.settings import Settings, count
 from qqfilter.tools import dryrun
 from qqfilter.tools.replay import sources
 
-FIELDS = ("source", "verdict", "code", "check", "tag", "reason", "notes", "derived")
+FIELDS = (
+    "source",
+    "verdict",
+    "code",
+    "check",
+    "tag",
+    "reason",
+    "notes",
+    "derived",
+    "sender",
+    "subject",
+)
+"""A record's fields, in CSV's column order (``sender`` and ``subject`` last: added later)."""
+SHOWN = 60
+"""The most characters of a sender or subject shown (escapes included; ``...`` when cut)."""
+RAW_SHOWN = 1024
+"""The most bytes of a Subject decoded: enough for SHOWN characters in any encoding."""
 MAX_SIZE = 64 << 20
 """The largest message replayed when --max-size does not say. (A message over QQF_MAXSIZE
 is replayed, and refused by the size check as the QMAILQUEUE program refuses it, having read
@@ -77,14 +97,24 @@ def _replay(options: argparse.Namespace) -> int:
         relayclient=options.relayclient,
         limit=limit,
     )
-    progress = Progress(options.sources)
+    # a subject the terminal's charset cannot show is escaped, not a UnicodeEncodeError
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="backslashreplace")
+    progress = Progress()
     counts = Summary()
     writer = _record_writer(options)
-    for record in replay(sources.items(options.sources), how, settings, max(1, options.jobs)):
-        counts.add(record)
-        writer(record)
-        progress.step()
-    progress.end()
+    found = sources.items(options.sources)
+    # the pool of --jobs ends with the run, also when it ends early (Ctrl-C, a closed pipe)
+    with contextlib.closing(replay(found, how, settings, max(1, options.jobs))) as records:
+        try:
+            progress.count(options.sources)
+            for record in records:
+                counts.add(record)
+                progress.before_output()
+                writer(record)
+                progress.step()
+        finally:
+            progress.end()
     _write_summary(options, counts.tables())
     return 1 if any(counts.verdicts[v] for v in NOT_REPLAYED) else 0
 
@@ -103,6 +133,8 @@ def _record_writer(options: argparse.Namespace):
 
     def text(record: dict[str, object]) -> None:
         words = [str(record["verdict"]), str(record["source"])]
+        if record["verdict"] not in NOT_REPLAYED:
+            words += [f"<{record['sender']}>", f'"{record["subject"]}"']
         words += [str(record[f]) for f in ("tag", "reason") if record[f]]
         print("  ".join(words))
 
@@ -175,6 +207,8 @@ def replay_one(item: sources.Item, options: Options, settings: Settings) -> dict
             item, fd, options.sender, options.recipients, options.ip, options.helo
         )
         record["derived"] = "; ".join(x for x in (item.origin, facts.said) if x)
+        record["sender"] = shown(_sender(facts.envelope))
+        record["subject"] = shown(decoded(facts.subject or b""))
         connection = Connection(
             remote_ip=facts.ip,
             helo=options.helo or facts.helo,
@@ -206,12 +240,73 @@ def _unreadable(record: dict[str, object], why: str) -> dict[str, object]:
     return record
 
 
+def _sender(raw_envelope: bytes) -> str:
+    """The sender of an envelope as qmail writes it (``F<sender>\\0...``), read leniently:
+    one the dry run refuses as malformed is still named."""
+    if not raw_envelope.startswith(b"F"):
+        return ""
+    return raw_envelope[1:].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def decoded(raw: bytes) -> str:
+    """A header field's value for a person: RFC 2047 encoded words decoded (a charset Python
+    does not know, or a broken word, read as UTF-8 with replacements), other bytes as UTF-8
+    with those that are not kept as surrogate escapes (``shown`` writes them ``\\xNN``)."""
+    text = raw[:RAW_SHOWN].decode("utf-8", "surrogateescape")
+    if "=?" not in text:
+        return text
+    from email.header import decode_header
+
+    try:
+        parts = decode_header(text)
+    except Exception:  # a header the decoder cannot split: shown as it is
+        return text
+    words = []
+    for part, charset in parts:
+        if isinstance(part, str):
+            words.append(part)
+            continue
+        try:
+            words.append(part.decode(charset or "raw-unicode-escape", "replace"))
+        except LookupError:
+            words.append(part.decode("utf-8", "replace"))
+    return "".join(words)
+
+
+def shown(text: str, limit: int = SHOWN) -> str:
+    """``text`` safe to print on one line, at most ``limit`` characters: backslash, double
+    quote, controls, format characters (bidi overrides), line separators and odd spaces
+    escaped as logline escapes them (a byte that was not UTF-8 as ``\\xNN``), letters of any
+    script kept; cut with ``...`` past the limit."""
+    pieces = [_escape(char) for char in text.strip()[: limit + 1]]
+    if sum(map(len, pieces)) <= limit:
+        return "".join(pieces)
+    kept, size = [], 0
+    for piece in pieces:
+        if size + len(piece) > limit - 3:
+            break
+        kept.append(piece)
+        size += len(piece)
+    return "".join(kept) + "..."
+
+
+def _escape(char: str) -> str:
+    if char in '\\"':
+        return "\\" + char
+    # not printable: Unicode's "other" and "separator" characters but the space
+    return char if char.isprintable() else escape(char)
+
+
 _WORKER: tuple[Options, Settings] | None = None
 
 
 def _start_worker(options: Options, settings: Settings) -> None:
     global _WORKER
     _WORKER = (options, settings)
+    # Ctrl-C reaches the whole process group: the parent says so once and ends the pool
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _work(batch: list[sources.Item]) -> list[dict[str, object]]:
@@ -221,7 +316,7 @@ def _work(batch: list[sources.Item]) -> list[dict[str, object]]:
 
 def replay(
     found: Iterable[sources.Item], options: Options, settings: Settings, jobs: int = 1
-) -> Iterator[dict[str, object]]:
+) -> Generator[dict[str, object], None, None]:
     """The records of ``found``, in order; ``jobs`` worker processes when more than one.
     ``found`` is read as the records are taken: a few batches per worker ahead, no more."""
     if jobs <= 1:
@@ -282,27 +377,96 @@ def summary(records: Iterable[dict[str, object]]) -> dict[str, dict[str, int]]:
 
 
 class Progress:
-    """A bar with ``N/M`` on a terminal's stderr, redrawn in place; nothing when piped. The
-    total is counted in a pass over the sources of its own (only on a terminal), so the
-    replay itself never holds the list."""
+    """On a terminal's stderr, one line redrawn in place: a bar, ``N/M``, the rate and the
+    time left (``replay [#######........] 250/1000  83/s  0:09 left``); nothing at all when
+    stderr is not a terminal. The total is counted in a pass over the sources of its own
+    (only on a terminal, with a count shown while it runs), so the replay itself never holds
+    the list. When stdout is a terminal too (the same screen, as a rule), the bar is taken
+    off before each result line is written and drawn again below it: a result line never
+    starts behind the bar. It is redrawn at most every INTERVAL seconds otherwise, never
+    wider than the terminal (a wrapped line could not be redrawn in place), and taken off at
+    the end: the summary starts on a clean line."""
 
-    def __init__(self, named: list[str]) -> None:
+    INTERVAL = 0.1
+
+    def __init__(self) -> None:
         self.done = 0
         self.total = 0
         self.shown = sys.stderr.isatty()
+        self.over_output = self.shown and sys.stdout.isatty()
+        self.on_screen = False
+        self.drawn = 0.0
+        self.started = time.monotonic()
+
+    def count(self, named: list[str]) -> None:
+        """Count the messages of ``named`` (on a terminal only), and start the clock."""
         if self.shown:
-            self.total = sum(1 for _ in sources.items(named))
+            for _ in sources.items(named):
+                self.total += 1
+                if self.total % 1000 == 0:
+                    self._draw(f"replay: counting messages: {self.total}")
             self.shown = self.total > 1
+        self.started = time.monotonic()
+
+    def before_output(self) -> None:
+        """Take the bar off the screen before a result line is written to it."""
+        if self.on_screen and self.over_output:
+            self._clear()
 
     def step(self) -> None:
+        """One more message done (its line written)."""
         self.done += 1
         self.total = max(self.total, self.done)  # sources may grow while replayed
-        if self.shown and (self.done % 25 == 0 or self.done == self.total):
-            filled = 30 * self.done // self.total
-            bar = "#" * filled + "." * (30 - filled)
-            sys.stderr.write(f"\rreplay [{bar}] {self.done}/{self.total}")
-            sys.stderr.flush()
+        if not self.shown:
+            return
+        now = time.monotonic()
+        if self.on_screen and now - self.drawn < self.INTERVAL and self.done < self.total:
+            return
+        if self.over_output:
+            sys.stdout.flush()  # the result line on the screen before the bar below it
+        self._draw(self.line(now - self.started, _columns()))
+
+    def line(self, elapsed: float, columns: int = 80) -> str:
+        """The bar's text after ``elapsed`` seconds, for a terminal ``columns`` wide: the bar
+        narrows first (from 30 marks to 5, then none), the numbers stay."""
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = f"{_duration((self.total - self.done) / rate)} left" if rate else "--:-- left"
+        speed = f"{rate:.1f}/s" if rate < 10 else f"{rate:.0f}/s"
+        numbers = f"{self.done}/{self.total}  {speed}  {left}"
+        width = min(30, columns - 1 - len(f"replay [] {numbers}"))
+        if width < 5:
+            return f"replay {numbers}"
+        filled = width * self.done // self.total
+        return f"replay [{'#' * filled}{'.' * (width - filled)}] {numbers}"
 
     def end(self) -> None:
-        if self.shown:
-            sys.stderr.write("\n")
+        """Take the bar off the screen, if it is on it."""
+        if self.on_screen:
+            self._clear()
+
+    def _draw(self, text: str) -> None:
+        # never to the last column: a line that wraps cannot be redrawn in place
+        sys.stderr.write("\r" + text[: max(_columns() - 1, 1)] + "\033[K")
+        sys.stderr.flush()
+        self.on_screen = True
+        self.drawn = time.monotonic()
+
+    def _clear(self) -> None:
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+        self.on_screen = False
+
+
+def _columns() -> int:
+    """The width of the terminal on stderr (80 when it does not say)."""
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns or 80  # 0: never set
+    except (OSError, ValueError):
+        return 80
+
+
+def _duration(seconds: float) -> str:
+    """``m:ss``, or ``h:mm:ss`` from an hour on."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

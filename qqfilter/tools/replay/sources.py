@@ -87,15 +87,24 @@ class Item:
 
 class Facts:
     """What a message is replayed with: its raw envelope, its client's address (None: local
-    mail) and HELO name, and what had to be derived for them, in words ("" when nothing)."""
+    mail) and HELO name, and what had to be derived for them, in words ("" when nothing);
+    and, to name the message to a person, its Subject field's raw value (None: it has none)."""
 
-    __slots__ = ("envelope", "helo", "ip", "said")
+    __slots__ = ("envelope", "helo", "ip", "said", "subject")
 
-    def __init__(self, envelope: bytes, ip: str | None, helo: str | None, said: str) -> None:
+    def __init__(
+        self,
+        envelope: bytes,
+        ip: str | None,
+        helo: str | None,
+        said: str,
+        subject: bytes | None = None,
+    ) -> None:
         self.envelope = envelope
         self.ip = ip
         self.helo = helo
         self.said = said
+        self.subject = subject
 
 
 def items(sources: list[str]) -> Iterator[Item]:
@@ -414,16 +423,23 @@ def complete(
         else:
             ip, helo = None, None
             said.append("no client address: treated as local mail")
-    return Facts(raw_envelope, ip, helo, "; ".join(said))
+    subject = next(_values(head, b"subject"), None)
+    return Facts(raw_envelope, ip, helo, "; ".join(said), subject)
+
+
+def _values(head: bytes, name: bytes) -> Iterator[bytes]:
+    """The value of every ``name:`` field of ``head``, unfolded, in order."""
+    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
+    for line in unfolded.split(b"\n"):
+        field, colon, value = line.partition(b":")
+        if colon and field.strip().lower() == name:
+            yield value.strip()
 
 
 def _header_addresses(head: bytes, name: bytes) -> list[bytes]:
     """The addresses in every ``name:`` header of ``head`` (unfolded), in order."""
     found = []
-    unfolded = re.sub(rb"\r?\n[ \t]+", b" ", head)
-    for line in unfolded.split(b"\n"):
-        field, colon, value = line.partition(b":")
-        if colon and field.strip().lower() == name:
-            for angle, bare in _ADDRESS.findall(value):
-                found.append(angle if angle or not bare else bare)
+    for value in _values(head, name):
+        for angle, bare in _ADDRESS.findall(value):
+            found.append(angle if angle or not bare else bare)
     return found
