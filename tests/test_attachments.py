@@ -285,6 +285,42 @@ def test_badloadertype_finds_loader_fragments_anywhere_in_base64(qq):
     assert qq.submit(clean, ENV, env={"BADLOADERTYPE": "M"}).returncode == 0
 
 
+def test_warlord_on_without_its_control_file_is_noted_not_silent(qq):
+    """s/qmail says nothing when BADMIMETYPE is set and control/badmimetypes is missing (the
+    test simply never refuses); qqfilter notes it on the log line of every message."""
+    message = mime(TEXT_PART, part(PE, b"report.pdf"))
+    env = {**NO_CONTENT_CHECKS, "BADMIMETYPE": "", "BADLOADERTYPE": "M"}
+    out = qq.submit(message, ENV, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.field("notes") == (
+        "mime: warlord: BADMIMETYPE set but control/badmimetypes is missing; "
+        "warlord: BADLOADERTYPE set but control/badloadertypes is missing"
+    )
+    out = qq.submit(message, ENV, env={"BADMIMETYPE": "!"})  # the other tests still run
+    assert_clean_failure(out, 31)
+    assert out.field("tag") == "Reject::DATA::MIME_Attach"
+    for off in ({"BADMIMETYPE": "-"}, {"BADMIMETYPE": "+", "RELAYCLIENT": ""}, {}):
+        out = qq.submit(message, ENV, env={**NO_CONTENT_CHECKS, **off})
+        assert out.returncode == 0, out.stderr
+        assert out.field("notes") is None
+
+
+def test_warlord_control_files_with_no_entry_are_noted(qq):
+    control = qq.tmp / "qmail" / "control"
+    control.mkdir(parents=True)
+    (control / "badmimetypes").write_text("# nothing yet\nTVqQ\n")
+    (control / "badloadertypes").write_text("Mi5kb\n")
+    message = mime(TEXT_PART, part(PDF, b"report.pdf"))
+    env = {**NO_CONTENT_CHECKS, "BADMIMETYPE": "1", "BADLOADERTYPE": "Q"}
+    out = qq.submit(message, ENV, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.field("notes") == (
+        "mime: warlord: BADMIMETYPE set but control/badmimetypes has no entry of 9 characters "
+        "or more; warlord: BADLOADERTYPE set but control/badloadertypes has no entry of 5 "
+        "characters or more starting with Q"
+    )
+
+
 def _docx() -> bytes:
     return zip_of(
         ("[Content_Types].xml", b'<?xml version="1.0"?><Types/>'),

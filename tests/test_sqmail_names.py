@@ -40,13 +40,14 @@ SQMAIL_EMPTY = [
     ("MFDNSCHECK", "mfdnscheck", "on"),
     ("LOCALMFCHECK", "localmfcheck", ""),  # on, the plain mode (rcpthosts)
     ("RBLSMTPD", "rblsmtpdtext", ("",)),  # rblsmtpd's "allowed"
+    ("DATABYTES", "databytes", "0"),  # qmail-smtpd's: scan_ulong's 0, no limit
 ]
 FILE_VALUES = (
     'badmimetype = "-"\nbadloadertype = "M"\nqhpsi = "/bin/false"\n'
     'qhpsiarg1 = "a"\nqhpsiarg2 = "b"\nqhpsiarg3 = "c"\nqhpsirc = 7\nqhpsirn = 8\n'
     "qhpsiminsize = 100\nqhpsimaxsize = 200\nspf = 3\n"
     'helocheck = "A"\nnobadhelo = "off"\nmfdnscheck = "off"\nlocalmfcheck = "="\n'
-    'rblsmtpdtext = ["-listed"]\n'
+    'rblsmtpdtext = ["-listed"]\ndatabytes = 100\n'
 )
 
 

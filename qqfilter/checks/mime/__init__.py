@@ -206,10 +206,11 @@ def check(message: Message, settings: Settings) -> Finding | None:
         return Finding(NAME, Finding.CLEAN, "skipped: RELAYCLIENT")
     if "local" in skip and not connection.remote_ip:
         return Finding(NAME, Finding.CLEAN, "skipped: local injection")
-    rules = _warlord_rules(settings, connection.relayclient)
+    notes: list[str] = []
+    rules = _warlord_rules(settings, connection.relayclient, notes)
     blockkinds = settings[BLOCKKINDS] - {"none"}
     if not (settings[BLOCKEXT] or blockkinds or rules):
-        return None
+        return Finding(NAME, Finding.CLEAN, "; ".join(notes)) if notes else None
     from qqfilter.checks.mime.walk import Walk
 
     spool = message.spool
@@ -219,7 +220,6 @@ def check(message: Message, settings: Settings) -> Finding | None:
         max_parts=settings[MIMEPARTS],
         directory=settings[SPOOLDIR],
     )
-    notes: list[str] = []
     for part in walk:
         found = _judge_part(part, settings, blockkinds, rules, notes)
         if found:
@@ -462,8 +462,10 @@ def _refuse(reason: str, detail: str, tag: str = "MIME_Attach") -> Finding:
     )
 
 
-def _warlord_rules(settings: Settings, relayclient: bool) -> Rules | None:
-    """The WarLord rules for this connection, or None when both tests are off."""
+def _warlord_rules(settings: Settings, relayclient: bool, notes: list[str]) -> Rules | None:
+    """The WarLord rules for this connection, or None when both tests are off or have nothing
+    to look for. A test that is on without its control file, or with a file that holds no
+    entry, is noted (s/qmail is silent then: the test simply never refuses)."""
     badmimetype, badloadertype = settings[BADMIMETYPE], settings[BADLOADERTYPE]
     if not (badmimetype or badloadertype):
         return None
@@ -474,14 +476,21 @@ def _warlord_rules(settings: Settings, relayclient: bool) -> Rules | None:
     if not (mime_on or loader_char):
         return None
     home = settings[QMAILHOME]
-    mime_types = (
-        warlord.entries(control.lines(home, "badmimetypes"), warlord.SIGNATURE)
-        if mime_on
-        else frozenset()
-    )
-    fragments = (
-        warlord.entries(control.lines(home, "badloadertypes"), warlord.FRAGMENT)
-        if loader_char
-        else frozenset()
-    )
-    return warlord.Rules(mime_types, white_space, loader_char, fragments)
+    mime_types = fragments = frozenset[bytes]()
+    if mime_on:
+        found = control.lines(home, "badmimetypes")
+        mime_types = warlord.entries(found, warlord.SIGNATURE)
+        if not mime_types:
+            notes.append(warlord.unused(BADMIMETYPE.env, "badmimetypes", found, warlord.SIGNATURE))
+    loaders: list[str] | None = None
+    if loader_char:
+        loaders = control.lines(home, "badloadertypes")
+        fragments = warlord.entries(loaders, warlord.FRAGMENT)
+    rules = warlord.Rules(mime_types, white_space, loader_char, fragments)
+    if loader_char and rules.loader_pattern is None:
+        notes.append(
+            warlord.unused(
+                BADLOADERTYPE.env, "badloadertypes", loaders, warlord.FRAGMENT, loader_char
+            )
+        )
+    return rules if rules.mime_types or rules.white_space or rules.loader_pattern else None

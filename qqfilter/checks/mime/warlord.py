@@ -81,3 +81,18 @@ def entries(lines: list[str] | None, length: int) -> frozenset[bytes]:
         if words and len(words[0]) >= length:
             found.add(words[0][:length].encode("ascii", "replace"))
     return frozenset(found)
+
+
+def unused(
+    variable: str, name: str, lines: list[str] | None, length: int, char: bytes = b""
+) -> str:
+    """The log note for a test that ``variable`` turns on and that has nothing to look for:
+    control/``name`` is missing (``lines`` None), or holds no entry of ``length`` characters
+    (starting with the loader character ``char``, when one is given)."""
+    if lines is None:
+        why = "is missing"
+    else:
+        why = f"has no entry of {length} characters or more"
+        if char:
+            why += f" starting with {char.decode('latin-1')}"
+    return f"warlord: {variable} set but control/{name} {why}"
