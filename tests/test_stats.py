@@ -1,13 +1,18 @@
 """``qqfilter stats`` on logs the filter itself wrote, stamped as multilog stamps them."""
 
+import calendar
 import gzip
 import io
 import json
+import os
+import re
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from clamav import TEXT_PART, attachment, mime
@@ -15,6 +20,7 @@ from conftest import QQFILTER, envelope
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from qqfilter.logline import FIELDS, escape, format_line
 from qqfilter.tools.stats import Stats, logread
 from qqfilter.tools.stats.logread import TAI64_EPOCH, split_stamp
 
@@ -96,7 +102,7 @@ def test_per_hour(logs):
 
 
 def test_mrtg_prints_its_four_lines(logs):
-    out = stats("--mrtg", "mx1.example.org", *logs)
+    out = stats("--mrtg", "mx1.example.org", "--window", "0", *logs)
     assert out.stdout.splitlines() == ["2", "5", "15:01", "mx1.example.org"]
 
 
@@ -246,7 +252,7 @@ def test_a_stamp_out_of_range_is_an_unreadable_line(tmp_path):
     assert data["totals"] == {"accept": 1}
     text = stats("--by", "hour", str(log))
     assert "unreadable lines: 2 (2 time stamp out of range)" in text.stdout
-    mrtg = stats("--mrtg", "mx", str(log))
+    mrtg = stats("--mrtg", "mx", "--window", "0", str(log))
     assert mrtg.stdout.splitlines() == ["1", "0", "0:00", "mx"]
     assert "unreadable lines: 2" in mrtg.stderr
 
@@ -439,8 +445,6 @@ NOT_REFUSED = [
 
 def log_lines(rows, start: int = DAY1, style: str = "text", step: int = 60) -> str:
     """qqfilter's own log lines (qqfilter.logline writes them), stamped as multilog does."""
-    from qqfilter.logline import format_line
-
     out = []
     for i, (verdict, check, tag) in enumerate(rows):
         fields = {
@@ -499,7 +503,7 @@ def test_tempfails_accepts_and_errors_are_not_refusals(tmp_path):
     assert data["groups"] == expected_groups([])
     assert "other" not in data["groups"]
     assert data["groups_by_period"] == {}
-    assert stats("--mrtg", "data", str(log)).stdout.splitlines()[:2] == ["0", "0"]
+    assert stats("--mrtg", "data", "--window=0", str(log)).stdout.splitlines()[:2] == ["0", "0"]
 
 
 def test_groups_per_period_in_json_and_text(tmp_path):
@@ -579,7 +583,7 @@ def test_mrtg_for_a_group_prints_its_two_series(tmp_path, selector, lines):
     log = tmp_path / "current"
     log.write_text(log_lines(MRTG_LOG, step=10))
     span = (len(MRTG_LOG) - 1) * 10
-    out = stats(f"--mrtg={selector}", str(log))
+    out = stats(f"--mrtg={selector}", "--window", "0", str(log))
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         *lines[:2],
@@ -652,16 +656,351 @@ def test_the_plot_by_group_carries_its_numbers(tmp_path):
             "error": 1,
         }
     }
+    from qqfilter.tools.stats import plot  # the same, in this process: quicker
+
+    counted = Stats("day")
+    counted.count(logread.Logs([str(log)]).read())
     by_tag = tmp_path / "tags.png"
-    assert stats("--plot", str(by_tag), "--plot-by", "tag", str(log)).returncode == 0
+    plot(counted, str(by_tag), "tag")
     assert len(plotted(by_tag)[day]) == 15  # accepted, 12 tags, tempfail clamd, error
     auto = tmp_path / "auto.png"  # more than 10 kinds of bar: by group
-    assert stats("--plot", str(auto), str(log)).returncode == 0
+    plot(counted, str(auto))
     assert plotted(auto) == plotted(picture)
 
 
-def plotted(picture: Path) -> dict:
-    """The numbers a plot drew, from its ``qqfilter`` text chunk."""
+def plotted(picture: Path, name: str = "qqfilter") -> dict:
+    """The numbers a plot drew, from its text chunk ``name``."""
     chunks = png_chunks(picture.read_bytes())
-    (text,) = [c for c in chunks.get("tEXt", []) if c.startswith(b"qqfilter\0")]
+    (text,) = [c for c in chunks.get("tEXt", []) if c.startswith(name.encode() + b"\0")]
     return json.loads(text.split(b"\0", 1)[1])
+
+
+# qqfilter's own text lines, read without shlex
+
+
+FIELD_VALUES = st.one_of(
+    st.text(max_size=30),
+    st.text(alphabet=" \"'=\\\t\x00\xe9\u20acabc<>@", max_size=12),
+    st.integers(-5, 10**6),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.dictionaries(st.sampled_from(FIELDS), FIELD_VALUES, max_size=len(FIELDS)),
+    verdict=st.sampled_from(["accept", "reject", "tempfail", "drop", "error", 'a "b"']),
+)
+def test_qqfilters_lines_read_fast_as_shlex_reads_them(values, verdict):
+    """Any fields through logline.format_line, read back: the fast reader takes every text
+    line qqfilter writes (shlex is never asked), and gives what shlex gives, apostrophes in
+    bare values aside (shlex took one for a quote: it now reads as the character it is)."""
+    fields = {**values, "verdict": verdict}
+    line = format_line(fields, "text")
+    expected = {}
+    apostrophe = False
+    for key in FIELDS:
+        value = fields.get(key)
+        if value is None or value == "":
+            continue
+        escaped = escape(str(value))
+        bare = bool(escaped) and not any(c in escaped for c in ' "=\\')
+        apostrophe |= bare and "'" in escaped
+        expected[key] = re.sub(r'\\(["\\])', r"\1", escaped)  # as shlex unquotes
+    with mock.patch.object(logread, "shlex_fields", side_effect=AssertionError("slow path")):
+        assert logread.qqfilter_fields(line) == expected
+        assert logread.counted_fields(line) == counted(expected)
+    if not apostrophe:
+        assert logread.shlex_fields(line) == expected
+    as_json = logread.qqfilter_fields(format_line(fields, "json"))
+    assert as_json == {k: str(v) for k, v in fields.items() if v is not None and v != ""}
+
+
+def counted(fields: dict[str, str] | None) -> tuple[str, str, str, bool] | None:
+    """What counting takes of a line's fields (``logread.counted_fields`` reads it quicker)."""
+    if fields is None:
+        return None
+    get = fields.get
+    return get("verdict", ""), get("tag", ""), get("check", ""), bool(get("fallback"))
+
+
+VALUES = st.one_of(
+    st.text(alphabet="abx:<>@.", max_size=6),  # bare, as qqfilter writes them
+    st.builds(lambda v: '"' + v + '"', st.text(alphabet="ab =x'", max_size=5)),  # quoted
+    st.text(alphabet="ab \"'=\\\tx", max_size=6),  # anything
+)
+WORDS = st.lists(
+    st.one_of(
+        st.builds(
+            lambda key, sep, value: key + sep + value,
+            st.sampled_from(["verdict", "verdict", "tag", "check", "fallback", "reason", ""]),
+            st.sampled_from(["=", "=", "=", "==", ""]),
+            VALUES,
+        ),
+        st.text(alphabet='"ab=\\ ', max_size=4),
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words=WORDS, joiner=st.sampled_from([" ", "  ", '" ', ' "']))
+def test_what_is_counted_of_a_line_is_what_its_fields_say(words, joiner):
+    """``counted_fields`` (no dict for most lines) against ``qqfilter_fields``, on any text."""
+    for text in ("qqfilter: " + joiner.join(words), '{"verdict": "x", "tag": 1}'):
+        try:
+            expected = counted(logread.qqfilter_fields(text))
+        except logread.Unreadable:
+            with pytest.raises(logread.Unreadable):
+                logread.counted_fields(text)
+            continue
+        assert logread.counted_fields(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "qqfilter: verdict='a b' tag=x",  # quotes qqfilter never writes
+        'qqfilter: verdict=acc"ept" check=a"b c"',  # a quote inside a word
+        'qqfilter: verdict="a""b" x=1',
+        'qqfilter: "verdict=reject" tag=T',
+        'qqfilter: verdict="reject" tag="a b"c',
+        "qqfilter: verdict=accept\ttag=tabbed  double=space",
+        'qqfilter: verdict=reject reason="not closed',
+        'qqfilter: verdict=reject reason="it\'s" x=\\y',
+        'qqfilter: a=b=c verdict=drop ="empty key" =',
+    ],
+)
+def test_lines_the_fast_reader_does_not_take_read_as_shlex_reads_them(text):
+    try:
+        expected = logread.shlex_fields(text)
+    except logread.Unreadable:
+        with pytest.raises(logread.Unreadable):
+            logread.text_fields(text)
+        return
+    assert logread.text_fields(text) == expected
+
+
+def test_an_apostrophe_in_a_bare_value_is_a_character():
+    assert logread.text_fields("qqfilter: verdict='accept' tag=x") == {
+        "verdict": "'accept'",
+        "tag": "x",
+    }
+
+
+def test_an_apostrophe_in_an_address_is_read_not_unreadable(tmp_path):
+    """``from=<o'brien@example.ie>`` is a bare value; shlex made the whole line unreadable."""
+    log = tmp_path / "current"
+    log.write_text(
+        f"{tai64n(DAY1)} qqfilter: pid=1 verdict=reject code=31 check=spf "
+        f'tag=Reject::SPF::Fail reason="SPF fail" from=<o\'brien@example.ie> rcpts=1\n'
+        f"{tai64n(DAY1 + 1)} qqfilter: pid=2 verdict=accept from=<o'brien@example.ie>\n"
+    )
+    data = json.loads(stats("--json", str(log)).stdout)
+    assert data["totals"] == {"reject": 1, "accept": 1}
+    assert data["unreadable"] == {}
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=400), cuts=st.lists(st.integers(0, 400), max_size=6))
+def test_lines_over_the_limit_are_skipped_alike_in_any_chunks(data, cuts):
+    """With a limit of 20 bytes, long lines inside a chunk and across chunks alike."""
+    pieces, last = [], 0
+    for cut in sorted(set(cuts)):
+        pieces.append(data[last:cut])
+        last = cut
+    pieces.append(data[last:])
+    expected = [
+        (None, "", logread.TOO_LONG) if len(raw) > 20 else split_stamp(raw.decode(errors="replace"))
+        for raw in (data[:-1] if data.endswith(b"\n") else data).split(b"\n")
+    ]
+    expected = [e if isinstance(e, tuple) else (e.time, e.text, e.why) for e in expected]
+    if not data:
+        expected = []
+    with mock.patch.object(logread, "LINE_MAX", 20):
+        got = [(line.time, line.text, line.why) for line in logread._lines(iter(pieces))]
+    assert got == expected
+
+
+# stamps other than TAI64N: tai64nlocal's, and syslog's
+
+
+def stats_in(tz: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [QQFILTER, "stats", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "TZ": tz},
+    )
+
+
+def test_tai64nlocal_and_syslog_stamps(tmp_path):
+    """tai64nlocal's local time (TZ, here an hour east of UTC), syslog's ISO 8601 with its
+    offset, and the classic syslog stamp, with the program's tag read off."""
+    log = tmp_path / "converted"
+    log.write_text(
+        "2026-11-24 10:00:00.123456789 qqfilter: pid=1 verdict=accept\n"  # 09:00 UTC
+        "2026-11-24 10:59:59.999999999 qqfilter: pid=2 verdict=reject tag=Reject::SPF::Fail\n"
+        "2026-11-24 11:00:00.000000000 tcpserver: status: 1/40\n"
+        '2026-11-24T12:30:00.5+02:00 mx1 smtpd[7]: {"pid":3,"verdict":"accept"}\n'  # 10:30
+        "2026-11-24T10:45:00Z mx1 qqfilter[8]: pid=4 verdict=drop check=spamd\n"  # its tag
+        "2026-11-24T10:46:00Z mx1 smtpd[9]: qqfilter: pid=5 verdict=accept\n"
+        "2026-11-24T10:47:00Z mx1 smtpd[9]: pid=6 verdict=accept\n"  # not qqfilter's
+        "2026-13-24 10:00:00.000000000 qqfilter: pid=7 verdict=accept\n"  # no such month
+    )
+    data = json.loads(stats_in("CET-1", "--json", "--by", "hour", str(log)).stdout)
+    rows = {(r["period"], r["verdict"], r["tag"]): r["count"] for r in data["counts"]}
+    assert rows == {
+        ("2026-11-24 09:00", "accept", ""): 1,
+        ("2026-11-24 09:00", "reject", "Reject::SPF::Fail"): 1,
+        ("2026-11-24 10:00", "accept", ""): 2,
+        ("2026-11-24 10:00", "drop", "spamd"): 1,
+    }
+    assert data["unreadable"] == {"time stamp out of range": 1}
+
+
+def test_a_classic_syslog_stamp_takes_its_files_year(tmp_path):
+    """No year in ``Nov 24 10:00:00``: the file's (mtime) year, and December lines in a file
+    last written in January are of the year before."""
+    log = tmp_path / "maillog"
+    log.write_text(
+        "Dec 31 23:59:00 mx1 qqfilter[1]: qqfilter: pid=1 verdict=accept\n"
+        "Jan  1 00:01:00 mx1 qqfilter[2]: qqfilter: pid=2 verdict=accept\n"
+        "Jan  1 00:02:00 mx1 qmail: 1798761720.123456 bounce msg 100 qp 501\n"
+        "Jan  1 00:02:01 mx1 qmail: 1798761721.123456 info msg 101: bytes 1 from <> qp 501 uid 1\n"
+    )
+    january = calendar.timegm((2027, 1, 1, 0, 5, 0))
+    os.utime(log, (january, january))
+    data = json.loads(stats_in("UTC", "--json", str(log)).stdout)
+    rows = {(r["period"], r["verdict"]): r["count"] for r in data["counts"]}
+    assert rows == {("2026-12-31", "accept"): 1, ("2027-01-01", "accept"): 1}
+    assert data["bounces"]["generated"] == {"2027-01-01": 1}  # splogger's stamp dropped
+    december = calendar.timegm((2027, 12, 31, 23, 59, 30))  # the file's year: 2027
+    os.utime(log, (december, december))
+    data = json.loads(stats_in("UTC", "--json", str(log)).stdout)
+    assert {r["period"] for r in data["counts"]} == {"2027-01-01", "2027-12-31"}
+
+
+def test_stamps_read_in_process():
+    stamps = logread.Stamps(reference=calendar.timegm((2026, 11, 30, 0, 0, 0)))
+    assert stamps.split("2026-11-24T10:00:00.25-01:30 h p: x") == (
+        calendar.timegm((2026, 11, 24, 11, 30, 0)) + 0.25,
+        "x",
+        "",
+    )
+    assert stamps.split("2026-11-24T10:00:00 h p: x") == (None, "2026-11-24T10:00:00 h p: x", "")
+    assert stamps.split("Nov 24 10:00:00 host")[1] == "host"  # no program: the rest
+    assert stamps.split("Nov 32 10:00:00 h p: x")[2] == logread.OUT_OF_RANGE
+    assert stamps.split("November is here")[0] is None
+
+
+# the MRTG window
+
+
+def test_mrtg_counts_the_last_305_seconds_before_now(tmp_path):
+    now = time.time()
+    log = tmp_path / "current"
+    log.write_text(
+        "".join(
+            f"{tai64n(now - ago)} qqfilter: pid={n} verdict={verdict}\n"
+            for n, (ago, verdict) in enumerate(
+                [(1000, "accept"), (400, "reject"), (200, "accept"), (100, "reject"), (5, "accept")]
+            )
+        )
+        + f"{tai64n(now + 3600)} qqfilter: pid=9 verdict=accept\n"  # later than now: not yet
+        + "qqfilter: pid=10 verdict=accept\n"  # no time: in no window
+    )
+    assert stats("--mrtg", "mx", str(log)).stdout.splitlines() == ["2", "1", "0:05", "mx"]
+    assert stats("--mrtg", "mx", "--window", "600", str(log)).stdout.splitlines() == [
+        "2",
+        "2",
+        "0:10",
+        "mx",
+    ]
+    whole = stats("--mrtg", "mx", "--window", "0", str(log)).stdout.splitlines()
+    assert whole[:2] == ["5", "2"]
+    assert whole[2] == "1:16"  # first to last stamped line: 1000 s ago to an hour ahead
+    data = json.loads(stats("--json", "--window", "305", str(log)).stdout)
+    assert data["totals"] == {"accept": 2, "reject": 1}
+    assert data["window"].startswith("the last 305 s, from ")
+    assert stats("--json", str(log)).returncode == 0
+    assert json.loads(stats("--json", str(log)).stdout)["window"] == ""
+    bad = stats("--window", "-5", str(log))
+    assert bad.returncode == 2 and "not a number of seconds" in bad.stderr
+
+
+# fallbacks of the resident client
+
+FALLBACK = "resident server unreachable, handled in-process"
+
+
+def test_fallbacks_are_counted_in_text_json_and_per_period(tmp_path):
+    log = tmp_path / "current"
+    log.write_text(
+        f'{tai64n(DAY1 + 10)} qqfilter: pid=1 verdict=accept code=0 fallback="{FALLBACK}"\n'
+        f"{tai64n(DAY1 + 20)} qqfilter: pid=2 verdict=accept code=0\n"
+        f'{tai64n(DAY1 + 3600)} {{"pid":3,"verdict":"reject","fallback":"{FALLBACK}"}}\n'
+        f'{tai64n(DAY1 + 86400)} qqfilter: pid=4 verdict=tempfail fallback="{FALLBACK}"\n'
+        f"{tai64n(DAY1 + 86400)} tcpserver: fallback=not-ours\n"
+    )
+    data = json.loads(stats("--json", "--by", "hour", str(log)).stdout)
+    assert data["fallbacks"] == 3
+    first, second = _day(DAY1), _day(DAY1 + 86400)
+    assert data["fallbacks_by_period"] == {
+        f"{first} 00:00": 1,
+        f"{first} 01:00": 1,
+        f"{second} 00:00": 1,
+    }
+    text = stats(str(log)).stdout.splitlines()
+    assert f"fallbacks: 3  ({stats_fallback_said()})" in text
+    assert f"{first:<17} {2:>9}" in text and f"{second:<17} {1:>9}" in text
+    plain = tmp_path / "plain"
+    plain.write_text(f"{tai64n(DAY1)} qqfilter: pid=1 verdict=accept\n")
+    assert json.loads(stats("--json", str(plain)).stdout)["fallbacks"] == 0
+    assert f"fallbacks: 0  ({stats_fallback_said()})" in stats(str(plain)).stdout
+
+
+def stats_fallback_said() -> str:
+    from qqfilter.tools.stats import FALLBACK_SAID
+
+    return FALLBACK_SAID
+
+
+# the plot: every period on the axis, the share refused, a sane width
+
+
+def test_a_month_by_the_hour_plots_narrow_with_its_outage_and_share(tmp_path):
+    """720 hours, a day without mail in them: the figure stays under 2,000 pixels, the empty
+    hours are drawn (as ``{}``), the share refused is stored beside the counts."""
+    pytest.importorskip("matplotlib")
+    from qqfilter.tools.stats import plot
+
+    counted = Stats("hour")
+    reads = []
+    for hour in range(30 * 24):
+        if 10 * 24 <= hour < 11 * 24:
+            continue  # an outage: all of day 10
+        when = DAY1 + hour * 3600
+        reads.append((when, "qqfilter: pid=1 verdict=accept", ""))
+        if hour % 4 == 0:
+            reads.append((when + 1, "qqfilter: pid=2 verdict=reject tag=Reject::SPF::Fail", ""))
+    reads.append((None, "qqfilter: pid=3 verdict=accept", ""))  # no time: not drawn
+    counted.count(reads)
+    picture = tmp_path / "month.png"
+    started = time.perf_counter()
+    plot(counted, str(picture))
+    took = time.perf_counter() - started
+    assert took < 10, took
+    chunks = png_chunks(picture.read_bytes())
+    width, height = struct.unpack(">II", chunks["IHDR"][0][:8])
+    assert 1000 < width < 2000 and height == 450
+    data = plotted(picture)
+    assert len(data) == 720
+    outage = [p for p, row in data.items() if not row]
+    assert outage == [counted.period(DAY1 + (10 * 24 + h) * 3600) for h in range(24)]
+    assert data[counted.period(DAY1)] == {"accepted": 1, "reject Reject::SPF::Fail": 1}
+    refused = plotted(picture, "qqfilter-refused")
+    assert refused[counted.period(DAY1)] == 50.0
+    assert refused[counted.period(DAY1 + 3600)] == 0.0
+    assert refused[outage[0]] is None
