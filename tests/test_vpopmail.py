@@ -108,6 +108,7 @@ def submit(qq, *recipients: bytes, **env: str):
         b"ann.lee-x@text.example",
     ],
 )
+@pytest.mark.one_shot  # vdelivermail's rules are read the same way in both modes
 def test_vpopmail_mailboxes_exist(qq, home, address):
     out = submit(qq, address)
     assert out.returncode == 0, out.stderr
@@ -129,6 +130,7 @@ def test_vpopmail_mailboxes_exist(qq, home, address):
         b"bad%name@catchall.example",  # before the catch-all is looked at
     ],
 )
+@pytest.mark.one_shot  # vdelivermail's rules are read the same way in both modes
 def test_unknown_vpopmail_users_are_refused(qq, home, address):
     out = submit(qq, address)
     assert_clean_failure(out, 31)
