@@ -1,4 +1,5 @@
-"""Subcommands for people: ``qqfilter test``, ``config``, ``replay``, ``stats`` and ``serve``.
+"""Subcommands for people: ``qqfilter test``, ``config``, ``replay``, ``stats``, ``serve``,
+``setup`` (and its ``install-wrapper`` and ``samples``).
 
 Each subcommand is one module (or a subpackage, when it has parts of its own) that owns its
 sub-parser, its handler and its output writers: ``add_parser(sub)`` adds the sub-parser and
