@@ -158,6 +158,7 @@ def test_a_peer_not_allowed_is_answered_and_closed_before_anything_is_read(qq, s
     )
     assert_clean_failure(out, 71)
     assert out.field("reason") == "resident server: this user may not use it"
+    assert out.field("verdict") == "tempfail"  # as every other tempfail
     assert server.log.read_text().count(f"uid {NOBODY}: not an allowed user") == 3
     assert_no_traceback(server)
 

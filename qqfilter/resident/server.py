@@ -393,8 +393,10 @@ def _answer(decision: Decision) -> tuple[list[bytes], list[tuple[int, int, bytes
 
 
 def _refusal(pid: int, reason: str) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    """The answer to a request the server will not decide: 71, and a line saying why."""
-    line = {"pid": pid, "verdict": "error", "code": TEMPFAILED, "reason": reason}
+    """The answer to a request the server will not decide: 71, and a line saying why (a
+    tempfail, as the client's own: the client keeps the message and tries again; there is no
+    message read to describe)."""
+    line = {"pid": pid, "verdict": "tempfail", "code": TEMPFAILED, "reason": reason}
     return _answer(Decision(Action(TEMPFAILED), logline.format_text(line), "text", pid))
 
 
