@@ -391,6 +391,7 @@ EVERY = [*FORMATS, *SINGLE]
 
 
 @pytest.mark.parametrize("fmt", EVERY)
+@pytest.mark.one_shot  # the format matrix: the same readers in both modes
 def test_an_executable_under_a_harmless_name_is_refused(qq, fmt):
     archive = made(fmt, (("report.pdf", PE), ("notes.txt", TEXT)))
     out = qq.submit(mime(TEXT_PART, attachment(archive, b"files.dat")), ENV, env=_env(fmt))
@@ -400,6 +401,7 @@ def test_an_executable_under_a_harmless_name_is_refused(qq, fmt):
 
 
 @pytest.mark.parametrize("fmt", EVERY)
+@pytest.mark.one_shot  # the format matrix: the same readers in both modes
 def test_a_clean_container_passes_byte_for_byte(qq, fmt):
     archive = made(fmt, (("report.pdf", PDF), ("notes.txt", TEXT)))
     message = mime(TEXT_PART, attachment(archive, b"files.dat"))
@@ -434,6 +436,7 @@ def test_an_executable_in_a_container_in_a_zip_is_refused(qq, fmt):
         ("iso9660", "rar4"),
     ],
 )
+@pytest.mark.one_shot  # the format matrix: the same readers in both modes
 def test_an_executable_two_formats_deep_is_refused(qq, outer, inner):
     nested = made(inner, (("report.pdf", PE),))
     archive = made(outer, (("inner.bin", nested),))

@@ -128,6 +128,7 @@ OUTCOME = {  # result -> the outcome at levels 0..6: a accept, r reject 31, t te
 
 @pytest.mark.parametrize("level", range(7))
 @pytest.mark.parametrize("result", list(CASES))
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_each_level_against_each_result(spf, result, level):
     out = run_case(spf, result, level)
     expected = OUTCOME[result][level]
@@ -166,6 +167,7 @@ def test_each_level_against_each_result(spf, result, level):
         (b"a@void.spf.test", "192.0.2.1", "permerror", ""),
     ],
 )
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_mechanisms_and_modifiers(spf, sender, ip, result, mechanism):
     out = spf(sender, 1, TCPREMOTEIP=ip)
     assert out.returncode == 0, out.stderr
@@ -332,6 +334,7 @@ HOSTILE = [
 @pytest.mark.parametrize(
     "helo", ['x"; identity=forged', "a\r\nX-Injected: yes", "h\u00e9lo(\\)", "h" * 1000]
 )
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_hostile_senders_and_helo_names_cannot_break_the_headers(spf, sender, helo):
     out = spf(sender, 1, HELOHOST=helo)
     assert out.returncode == 0, out.stderr
