@@ -12,16 +12,15 @@ pays dnspython's import and asks nsd every time; a resident server imports once 
 repeated questions from its cache, which is the point of running resident.
 """
 
-import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from measure import QQFILTER, World, timed  # noqa: E402
+import measure  # noqa: E402
+from measure import World, timed  # noqa: E402
 from nameserver import Nsd  # noqa: E402 (the tests' helper starts nsd)
 
 ENVELOPE = b"Falice@mx.sender.test\0Tbob@example.org\0\0"
@@ -43,17 +42,10 @@ RUNS = 30
 
 
 def submit(env: dict[str, str]) -> None:
-    """One message as qmail-smtpd hands it over; it must be accepted with no note of a skip."""
-    envelope_read, envelope_write = os.pipe()
-    os.write(envelope_write, ENVELOPE)
-    os.close(envelope_write)
-    process = subprocess.Popen(
-        [QQFILTER], stdin=subprocess.PIPE, stdout=envelope_read, stderr=subprocess.PIPE, env=env
-    )
-    os.close(envelope_read)
-    _, log = process.communicate(MESSAGE)
-    if process.returncode != 0 or b"verdict=accept" not in log or b"skipped" in log:
-        raise SystemExit(f"not judged and queued ({process.returncode}): {log.decode()}")
+    """One message, which must be accepted with no note of a skip."""
+    code, log = measure.submit(env, MESSAGE, ENVELOPE)
+    if code != 0 or b"verdict=accept" not in log or b"skipped" in log:
+        raise SystemExit(f"not judged and queued ({code}): {log.decode()}")
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """What the per-message benchmarks share (bench/spam.py, bench/hygiene.py): a scratch world
 with a stand-in qmail-queue that reads the message and a spool directory, a ``qqfilter serve``
-in it, the two modes a message is submitted in, and the CPU a process has used.
+in it, the two modes a message is submitted in, submitting one, and the CPU a process has used.
 
 Not a test helper: the benchmarks print figures, they assert nothing.
 """
@@ -62,6 +62,19 @@ class World:
             self.server.terminate()
             self.server.wait(30)
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def submit(env: dict[str, str], message: bytes, envelope: bytes) -> tuple[int, bytes]:
+    """One message as qmail-smtpd hands it over (pipes on fd 0 and fd 1): (exit code, log)."""
+    envelope_read, envelope_write = os.pipe()
+    os.write(envelope_write, envelope)
+    os.close(envelope_write)
+    process = subprocess.Popen(
+        [QQFILTER], stdin=subprocess.PIPE, stdout=envelope_read, stderr=subprocess.PIPE, env=env
+    )
+    os.close(envelope_read)
+    _, log = process.communicate(message)
+    return process.returncode, log
 
 
 def cpu_of(pid: int) -> float:

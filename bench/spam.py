@@ -13,17 +13,16 @@ qqfilter's alone (one-shot: the process; resident: the client and the whole serv
 fields, which copies the message.
 """
 
-import os
 import socket
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from measure import QQFILTER, World, timed  # noqa: E402
+import measure  # noqa: E402
+from measure import World, timed  # noqa: E402
 from rspamd import Rspamd  # noqa: E402 (the tests' helpers start the scanners)
 from spamd import CLEAN_BODY, Spamd, message  # noqa: E402
 
@@ -93,17 +92,10 @@ scan with nothing around it; ``stop()``."""
 
 
 def submit(env: dict[str, str], data: bytes) -> None:
-    """One message as qmail-smtpd hands it over: pipes on fd 0 and fd 1."""
-    envelope_read, envelope_write = os.pipe()
-    os.write(envelope_write, ENVELOPE)
-    os.close(envelope_write)
-    process = subprocess.Popen(
-        [QQFILTER], stdin=subprocess.PIPE, stdout=envelope_read, stderr=subprocess.PIPE, env=env
-    )
-    os.close(envelope_read)
-    _, log = process.communicate(data)
-    if process.returncode != 0 or b"unscanned" in log or b"skipped" in log:
-        raise SystemExit(f"not scanned and queued ({process.returncode}): {log.decode()}")
+    """One message, which must be scanned and queued."""
+    code, log = measure.submit(env, data, ENVELOPE)
+    if code != 0 or b"unscanned" in log or b"skipped" in log:
+        raise SystemExit(f"not scanned and queued ({code}): {log.decode()}")
 
 
 def compare(scanner, env: dict[str, str], data: bytes, runs: int, server: int) -> dict:
