@@ -96,11 +96,27 @@ def qmail_number(text: str) -> tuple[int, str]:
     return (number - 1 if number == (1 << 32) - 1 else number), digits
 
 
+_LAST: tuple[Settings, Limit] | None = None
+"""The last settings asked about and their limit: the spool asks before the message is read
+and the check after, with the same settings, and control/databytes is read once for both
+(a tuple, replaced whole: threads of a resident server at worst read the file again)."""
+
+
 def limit(settings: Settings) -> Limit:
     """The limit this message is judged by. Reads control/databytes (the first line, as
     qmail's control_readint) only when neither QQF_MAXSIZE nor DATABYTES is set; a file that
     exists and cannot be read (or is not trusted) is exit 55, as qmail-smtpd's "unable to
     read controls"."""
+    global _LAST
+    last = _LAST
+    if last is not None and last[0] is settings:
+        return last[1]
+    found = _limit(settings)
+    _LAST = (settings, found)
+    return found
+
+
+def _limit(settings: Settings) -> Limit:
     if settings.sources[MAXSIZE.name] != "default":
         return Limit(settings[MAXSIZE], MAXSIZE.env)
     given = settings[DATABYTES]
