@@ -27,6 +27,7 @@ FIELDS = (
     "msgid",
     "size",
     "ms",
+    "checkms",
     "fallback",
     "ignored",
 )

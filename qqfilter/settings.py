@@ -443,6 +443,8 @@ def _read_file(
         if environ.get(CONFIG_VARIABLE):
             errors.append(SettingError("config", CONFIG_VARIABLE, f"{path}: no such file"))
         return {}, path
+    if not data.strip():  # an empty file (QQF_CONFIG=/dev/null) needs no TOML reader
+        return {}, path
     import tomllib
 
     try:

@@ -116,11 +116,14 @@ class Harness:
         measure: bool = False,
         command: list[str] | None = None,
         timeout: float = 60,
+        pause: float = 0,
     ) -> Outcome:
         """Pipe ``message`` and ``env_bytes`` into qqfilter as qmail-smtpd does; wait.
 
         ``measure`` records the peak RSS of qqfilter and of the stand-in it became;
-        ``command`` runs another program in qqfilter's place (the installed qmail wrapper).
+        ``command`` runs another program in qqfilter's place (the installed qmail wrapper);
+        ``pause`` seconds pass between the first half of the message and the rest (a slow
+        SMTP client).
         """
         self._forget_last_run()
         environ = {**self.env, **(env or {})}
@@ -144,7 +147,13 @@ class Harness:
 
         def feed() -> None:
             with contextlib.suppress(BrokenPipeError):
-                proc.stdin.write(message)
+                if pause:
+                    proc.stdin.write(message[: len(message) // 2])
+                    time.sleep(pause)
+                    message_rest = message[len(message) // 2 :]
+                else:
+                    message_rest = message
+                proc.stdin.write(message_rest)
             proc.stdin.close()
             with open(env_write, "wb", buffering=0) as out, contextlib.suppress(BrokenPipeError):
                 out.write(env_bytes)

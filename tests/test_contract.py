@@ -232,6 +232,14 @@ def test_log_line_carries_the_fields(qq):
     assert out.field("ms").isdigit()
 
 
+def test_log_line_tells_a_slow_client_from_slow_checks(qq):
+    out = qq.submit(PLAIN, ENV, pause=1.0)
+    assert out.returncode == 0
+    # ms: the whole run, most of the client's second in it (the start-up overlaps it);
+    # checkms: the checks' own time, none of it
+    assert int(out.field("checkms")) + 500 <= int(out.field("ms"))
+
+
 def test_hostile_sender_cannot_forge_a_log_line(qq):
     sender = b'evil"\nqqfilter: pid=1 verdict=accept \xff\x1b[31m'
     out = qq.submit(PLAIN, envelope(sender, b"bob@example.org"))

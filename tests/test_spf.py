@@ -1,6 +1,7 @@
 """SPF through a real DNS server (nsd on loopback, fixtures/zones/spf.test.zone)."""
 
 import re
+import sys
 import time
 
 import pytest
@@ -404,3 +405,24 @@ def test_qqfilter_test_takes_the_helo_and_shows_the_headers(nsd_server, tmp_path
     assert "notes:     spf: pass (helo)\n" in shown
     assert "Authentication-Results: " in shown
     assert "spf=pass smtp.helo=mail.spf.test" in shown
+
+
+@pytest.mark.one_shot  # the resident server imports dnspython whole, once, at start
+def test_a_one_shot_check_imports_no_part_of_dnspython_it_does_not_use(qq, nsd_server):
+    out = qq.submit(
+        smtpd_message(),
+        envelope(b"alice@pass.spf.test", b"bob@example.org"),
+        env={"QQF_DNS": nsd_server.address, "TCPREMOTEIP": CLIENT, "SPF": "1"},
+        command=[sys.executable, "-X", "importtime", "-m", "qqfilter"],
+    )
+    assert out.returncode == 0
+    assert b"Received-SPF: pass" in out.message
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in out.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert {"spf", "dns.resolver", "dns.message"} <= imported
+    # importlib.metadata only answers dnspython's questions about DoH and QUIC; the async
+    # query code and DDR are never called by a synchronous resolver (shared/dnsimport.py)
+    assert imported.isdisjoint({"importlib.metadata", "dns.asyncquery", "dns._ddr"})

@@ -19,7 +19,7 @@ TempError, so nothing from dnspython escapes as an exception.
 from __future__ import annotations
 
 from qqfilter.settings import Setting, server_list
-from qqfilter.shared import hostport
+from qqfilter.shared import dnsimport, hostport
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,6 +97,7 @@ def make_resolver(servers: tuple[str, ...]) -> dns.resolver.Resolver:
     """
     resolver = _RESOLVERS.get(servers)
     if resolver is None:
+        dnsimport.prepare()
         resolver = _new_resolver(servers)
         resolver.cache = _bounded_cache()
         _RESOLVERS[servers] = resolver
@@ -162,6 +163,7 @@ def spf_lookup(resolver):
 
     A name that cannot exist (too long, an empty label: macros can build one) has no records.
     """
+    dnsimport.prepare()
     import dns.exception
     import dns.name
     import dns.resolver

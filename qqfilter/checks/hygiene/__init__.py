@@ -32,6 +32,7 @@ from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, seconds
+from qqfilter.shared import dnsimport
 from qqfilter.shared.resolver import DNS
 
 TYPE_CHECKING = False
@@ -234,6 +235,7 @@ class Lookups:
         for MX (host without its final dot), a host for PTR."""
         import time
 
+        dnsimport.prepare()
         import dns.exception
         import dns.name
         import dns.resolver

@@ -322,6 +322,9 @@ def _answers(helo: str, mode: str, settings: Settings) -> bool:
 
 def _dns_name(name: str) -> bool:
     """Whether ``name`` can be asked at all (dnspython's syntax: label lengths, escapes)."""
+    from qqfilter.shared import dnsimport
+
+    dnsimport.prepare()
     import dns.exception
     import dns.name
 

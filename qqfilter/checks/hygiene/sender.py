@@ -289,6 +289,9 @@ def _dns_name(domain: str) -> str | None:
     if not domain or len(domain) > 1024:
         return None
     if not domain.isascii():
+        from qqfilter.shared import dnsimport
+
+        dnsimport.prepare()
         import dns.exception
         import dns.name
 

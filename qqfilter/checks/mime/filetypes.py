@@ -10,6 +10,7 @@ objects in JScript/VBScript, HTA, PowerShell download-and-run idioms), which lib
 """
 
 import re
+import sys
 
 _MAGIC_NUMBERS = (
     (b"MZ", "windows", "DOS/Windows executable (MZ)"),
@@ -101,12 +102,39 @@ def _registry_file(head: bytes) -> bool:
 
 
 def _libmagic(head: bytes) -> str:
+    if "magic" not in sys.modules:
+        _find_libmagic()
     import magic
 
     try:
         return magic.from_buffer(head)
     except Exception:  # libmagic's own failure on odd input: no description, no crash
         return ""
+
+
+LIBMAGIC_SONAME = "libmagic.so.1"
+"""libmagic's name on Linux (Debian's libmagic1): loaded by that name, no search needed."""
+
+
+def _find_libmagic() -> None:
+    """Have python-magic load libmagic by LIBMAGIC_SONAME. Its own loader first asks
+    ``ctypes.util.find_library``, which runs ldconfig (about 15-25 ms, paid by every one-shot
+    run that asks libmagic): a stand-in for ``magic.loader`` tries the soname first and hands
+    over to the real loader when that fails (another system, another name)."""
+    import ctypes
+
+    def load_lib() -> ctypes.CDLL:
+        try:
+            return ctypes.CDLL(LIBMAGIC_SONAME)
+        except OSError:
+            del sys.modules["magic.loader"]  # the real one, with its search
+            import magic.loader
+
+            return magic.loader.load_lib()
+
+    stand_in = type(sys)("magic.loader")
+    stand_in.load_lib = load_lib  # type: ignore[attr-defined]
+    sys.modules["magic.loader"] = stand_in
 
 
 def name_problem(name: str, blocked: frozenset[str]) -> str:

@@ -117,9 +117,11 @@ def evaluate(
 def _check(
     client_ip, sender, helo, receiver, resolver, timeout, local_rules, explanation, domain, facts
 ) -> Evaluation:
-    import spf
-
+    from qqfilter.shared import dnsimport
     from qqfilter.shared.resolver import spf_lookup
+
+    dnsimport.prepare()
+    import spf
 
     _lookups().current = spf_lookup(resolver)
     query = spf.query(
@@ -163,6 +165,9 @@ def _lookups():
     global _LOOKUPS
     with _INSTALL:
         if _LOOKUPS is None:
+            from qqfilter.shared import dnsimport
+
+            dnsimport.prepare()
             import spf
 
             _LOOKUPS = threading.local()
