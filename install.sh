@@ -170,7 +170,7 @@ fi
 run_packages=(libarchive13)
 test_packages=(clamav-daemon clamdscan nsd ripmime
   7zip gcab arj libarchive-tools genisoimage udftools bzip2 xz-utils zstd
-  spamassassin spamd rspamd daemontools)
+  spamassassin spamd rspamd daemontools build-essential)
 packages=()
 # a venv needs ensurepip, which Debian keeps in python3-venv
 if { [ -n "$remake" ] || [ ! -e "$venv/pyvenv.cfg" ]; } && ! "$python" -c 'import ensurepip' 2>/dev/null
@@ -190,7 +190,7 @@ if [ "$dev" = 1 ]; then
   command -v ripmime >/dev/null || missing=1
   [ -x /usr/sbin/spamd ] || command -v spamd >/dev/null || missing=1
   [ -x /usr/bin/rspamd ] || command -v rspamd >/dev/null || missing=1
-  for tool in 7zz gcab arj bsdtar genisoimage bzip2 xz zstd; do
+  for tool in 7zz gcab arj bsdtar genisoimage bzip2 xz zstd cc make; do
     command -v "$tool" >/dev/null || missing=1
   done
   [ -x /usr/sbin/mkudffs ] || command -v mkudffs >/dev/null || missing=1
