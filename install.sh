@@ -7,9 +7,11 @@
 #   --dev            editable install with the test tools (pytest, ruff, mypy), and the Debian
 #                    packages the tests run for real (clamd, clamdscan, nsd, ripmime, archivers,
 #                    daemontools) if missing; without it too, libarchive13 (Debian) if missing
-#   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail): the program
-#                    to name in QMAILQUEUE; it takes the place of the old one only once qmail's
-#                    user has run it
+#   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail), the Python
+#                    wrapper, and with a C compiler ($CC, else cc) DIR/bin/qqfilter-queue, the
+#                    compiled client (no Python start-up per message in resident mode): the
+#                    program to name in QMAILQUEUE; each takes the place of the old one only
+#                    once qmail's user has run it
 #   --resident [daemontools|systemd]
 #                    also run the resident server (qqfilter serve) for it, as qmail's user:
 #                    a daemontools service in DIR/supervise/qqfilter linked into svscan's
@@ -242,19 +244,38 @@ echo "qqfilter installed in $venv ($("$venv/bin/qqfilter" --version))"
 # already is written again even without --qmail: it names the install's directories (an
 # editable install's source), so --dev after --qmail, or the other way round, would break it.
 wrapper="$qmailhome/bin/qqfilter"
+client="$qmailhome/bin/qqfilter-queue"
+compiler=${CC:-cc} # may carry options: its first word must be a program
 if [ "$qmail" != 1 ] && [ -f "$wrapper" ] \
   && [ "$(head -n 1 "$wrapper")" = "#!$venv/bin/python3 -IS" ]; then
   user=$(sed -n "s/^# qmail's user: \([^ ]*\) .*/\1/p" "$wrapper")
   echo "install.sh: $wrapper runs this venv: writing it again for this install" >&2
   "$venv/bin/qqfilter" install-wrapper --user "${user:-qmaild}" "$wrapper"
+  if [ -f "$client" ] && command -v "${compiler%% *}" >/dev/null; then
+    # the compiled client speaks this version's packets: built again with it
+    "$venv/bin/qqfilter" install-client --user "${user:-qmaild}" --wrapper "$wrapper" "$client" \
+      || true
+  fi
   exit 0
 fi
 [ "$qmail" = 1 ] || exit 0
 "$venv/bin/qqfilter" install-wrapper --user "$user" "$wrapper"
+# The compiled client, when there is a C compiler: QMAILQUEUE and the service name it then (it
+# hands one-shot work, commands and its own failures to the wrapper).
+program=$wrapper
+if ! command -v "${compiler%% *}" >/dev/null; then
+  echo "install.sh: no C compiler ($compiler): QMAILQUEUE is the Python wrapper (~9 ms more" \
+    "CPU a message resident; apt-get install gcc, then run this again)" >&2
+elif "$venv/bin/qqfilter" install-client --user "$user" --wrapper "$wrapper" "$client"; then
+  program=$client
+else
+  echo "install.sh: the compiled client could not be built (above): QMAILQUEUE is the" \
+    "Python wrapper" >&2
+fi
 if [ -z "$resident" ]; then
   cat <<DONE
 Add it to the rules of qmail-smtpd's tcpserver (tcp.smtp), for example:
-  :allow,QMAILQUEUE="$wrapper"
+  :allow,QMAILQUEUE="$program"
 then rebuild the cdb: tcprules tcp.smtp.cdb tcp.smtp.tmp < tcp.smtp
 Settings go in the same rules (e.g. QQF_MAXSIZE="20000000") or in /etc/qqfilter.toml.
 DONE
@@ -262,7 +283,7 @@ DONE
 fi
 
 # The resident server, as qmail's user; an update restarts it on the new code.
-setup=("$venv/bin/qqfilter" setup "$resident" --user "$user" --program "$wrapper")
+setup=("$venv/bin/qqfilter" setup "$resident" --user "$user" --program "$program")
 if [ "$resident" = systemd ]; then
   "${setup[@]}"
   if [ -d /run/systemd/system ]; then

@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         if environ.get("QQF_SOCKET"):
             from qqfilter.resident import client
 
-            answer = client.run(environ)
+            # the compiled client (client.c) got this far: carry on, not from the start
+            failed = os.environ.pop(client.FAILED, None)
+            environ.pop(client.FAILED, None)
+            answer = client.run(environ) if failed is None else client.resume(environ, failed)
             if isinstance(answer, int):
                 return answer
             fallback = answer  # why the server could not do it: this process will, and says so

@@ -1,4 +1,9 @@
-"""The qmail-queue contract, end to end: the real qqfilter process, the stand-in qmail-queue."""
+"""The qmail-queue contract, end to end: the real qqfilter process, the stand-in qmail-queue.
+
+What the QMAILQUEUE program itself does at the hand-off (the descriptors and signals
+qmail-queue gets, an exec that fails, a custom-reply descriptor that is no pipe) runs with both
+clients too, the Python one and the compiled one (``client``, test_compiled_client.py).
+"""
 
 import os
 import signal
@@ -6,6 +11,7 @@ import subprocess
 
 import pytest
 from conftest import QQFILTER, assert_clean_failure, envelope
+from test_compiled_client import client_fixture, compiled_fixture  # noqa: F401 (fixtures)
 
 BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
 
@@ -62,12 +68,12 @@ def test_envelope_handed_on_is_byte_identical_even_with_many_recipients(qq):
     assert out.field("from") == "<>"
 
 
-def test_qmail_queue_gets_no_descriptor_beyond_0_1_2(qq):
-    out = qq.submit(PLAIN, ENV)
+def test_qmail_queue_gets_no_descriptor_beyond_0_1_2(qq, client):
+    out = qq.submit(PLAIN, ENV, command=client)
     assert out.fds == [0, 1, 2]
 
 
-def test_qmail_queue_starts_with_default_signal_dispositions(qq):
+def test_qmail_queue_starts_with_default_signal_dispositions(qq, client):
     """Python ignores SIGPIPE and SIGXFSZ; qmail-queue must not inherit that, in either mode
     (the resident client once exec'd it with SIGXFSZ still ignored)."""
     wrapper = qq.tmp / "qmail-queue-sigs"
@@ -76,7 +82,7 @@ def test_qmail_queue_starts_with_default_signal_dispositions(qq):
         f'#!/bin/sh\ngrep SigIgn /proc/$$/status > "$FAKEQQ_DIR/sigign"\nexec {qq.queue}\n'
     )
     wrapper.chmod(0o755)
-    out = qq.submit(PLAIN, ENV, env={"QQF_QMAILQUEUE": str(wrapper)})
+    out = qq.submit(PLAIN, ENV, env={"QQF_QMAILQUEUE": str(wrapper)}, command=client)
     assert out.returncode == 0, out.stderr
     assert out.message == PLAIN
     ignored = int((qq.record / "sigign").read_text().split()[1], 16)
@@ -149,9 +155,9 @@ def test_next_queue_program_not_executable_is_71(qq):
     assert_clean_failure(out, 71)
 
 
-def test_next_queue_program_that_cannot_be_exec_is_71(qq):
+def test_next_queue_program_that_cannot_be_exec_is_71(qq, client):
     qq.queue.write_bytes(b"\x7fELF garbage that is no program")
-    out = qq.submit(PLAIN, ENV)
+    out = qq.submit(PLAIN, ENV, command=client)
     assert out.returncode == 71
     assert "Traceback" not in out.stderr
     assert "cannot run" in out.lines[-1]
@@ -186,7 +192,7 @@ def test_errfd_not_open_falls_back_to_plain_code(qq, errfd):
     assert_clean_failure(out, 31)
 
 
-def test_errfd_that_is_not_a_pipe_is_left_alone(qq, tmp_path):
+def test_errfd_that_is_not_a_pipe_is_left_alone(qq, tmp_path, client):
     target = tmp_path / "not-a-pipe"
     fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -196,6 +202,7 @@ def test_errfd_that_is_not_a_pipe_is_left_alone(qq, tmp_path):
             env={"QQF_MAXSIZE": "10", "QQF_ERRFD": "4"},
             pass_fds=(4, fd),
             preexec_fn=lambda: os.dup2(fd, 4),
+            command=client,
         )
     finally:
         os.close(fd)

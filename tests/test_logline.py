@@ -333,7 +333,7 @@ def test_the_clients_tempfail_with_a_bad_envelope_still_names_the_client(qq, tmp
 def test_a_server_that_had_the_message_leaves_the_client_only_what_it_knows(qq, tmp_path):
     """A stopped server has the descriptors (and may have read them): the client says only
     what it knows for sure, the client's address."""
-    server = Resident(tmp_path)
+    server = Resident(tmp_path, "--workers", "1")  # one process: SIGSTOP stops all of it
     server.process.send_signal(signal.SIGSTOP)
     try:
         out = qq.submit(

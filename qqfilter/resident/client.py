@@ -21,6 +21,11 @@ It imports C modules and small modules of the project's that import nothing else
 replypipe; handoff to exec; logline, exitcodes and envelope only to say it failed; select, a
 C module, to wait): every module counts, about 0.2 ms each here, since its start-up is paid
 by every message.
+
+This module is the reference; client.c is the same client compiled (no Python start-up at
+all), speaking wire.py's packets and waiting as ``run`` waits. It leaves every word and every
+fallback to this module: on a failure of its own it execs the Python wrapper with FAILED set,
+and ``resume`` carries on from there as ``run`` would have.
 """
 
 import _socket
@@ -38,6 +43,10 @@ says otherwise: its own limits (QQF_SCANTIMEOUT 120, QQF_SPFTIMEOUT 20, --wait 1
 and an SMTP client waits 10 minutes for the answer to its DATA."""
 TOO_BIG = (errno.EMSGSIZE, errno.ENOBUFS)
 """sendmsg's errors for a request past the socket's buffer (an environment of ~212 KB)."""
+FAILED = "QQF_CLIENTFAILED"
+"""What the compiled client (client.c) tells the Python wrapper it execs when it cannot carry
+on: ``state`` or ``state:detail`` (``resume``). cli.main takes it out of the environment
+before anything else reads it; it is no setting, and it chooses no program, path or server."""
 
 
 def run(environ: dict[str, str]) -> int | str:
@@ -52,24 +61,85 @@ def run(environ: dict[str, str]) -> int | str:
         try:
             problem = _connect(connection, path, deadline)
         except TimeoutError:
-            why = f"resident server busy: no room in its backlog for {deadline:g} s"
-            return _fail(why, environ, unread=True)
+            return _busy(environ, deadline)
         if problem is None:
             problem = _send(connection, environ)
         if problem is not None:
-            if environ.get("QQF_SOCKETFALLBACK") == "tempfail":
-                why = f"resident server {path} unreachable: {problem}"
-                return _fail(why, environ, unread=True)
-            return f"{path}: {problem}"
+            return _unreachable(environ, path, problem)
         if not _wait(connection, deadline):
-            return _fail(f"resident server gave no answer within {deadline:g} s", environ)
+            return _no_answer(environ, deadline)
         try:
             received = _receive(connection)
         except OSError as exc:
-            return _fail(f"resident server failed mid-message: {_words(exc)}", environ)
+            return _mid_message(environ, exc)
         return _carry_out(environ, *received)
     finally:
         connection.close()
+
+
+def resume(environ: dict[str, str], failed: str) -> int | str:
+    """Carry on where the compiled client stopped (FAILED's value ``failed``, taken out of
+    ``environ``), as ``run`` would have from that point, without trying the socket again: the
+    exit code, or why the server could not be used when the caller should do the work itself.
+
+    Whoever sets the variable by hand changes no more than these words: a server that never
+    had the message (``unreachable``, ``toobig``, ``busy``) means the work in-process or 71,
+    as QQF_SOCKETFALLBACK says; any other state, known or not, is 71. No program is run,
+    no file named, and the message is never queued unchecked."""
+    path = environ.get("QQF_SOCKET", "")
+    deadline = _seconds(environ.get("QQF_SOCKETTIMEOUT", ""))
+    state, _, detail = failed.partition(":")
+    number, _, program = detail.partition(":")
+    known = _digits(number) and int(number) < 4096  # an errno
+    error = OSError(int(number), os.strerror(int(number))) if known else OSError()
+    if state == "unreachable":
+        return _unreachable(environ, path, _words(error))
+    if state == "toobig" and _digits(detail):
+        return _unreachable(environ, path, _too_big(int(detail)))
+    if state == "busy":
+        return _busy(environ, deadline)
+    if state == "noanswer":
+        return _no_answer(environ, deadline)
+    if state == "midmessage":
+        return _mid_message(environ, error)
+    if state == "exec":  # the server's accept line is out: handoff.execute's words follow it
+        why = f"qmail-queue: cannot run {program}: {_words(error)}"
+        return _fail(why, environ, verdict="error")
+    answers = {"ended": b"", "nonsense": wire.MAGIC + b"\0?\0\0\0\0\0"}
+    if state in answers:
+        try:  # wire's own words for such an answer
+            wire.unpack_answer(answers[state])
+        except ValueError as exc:
+            return _fail(f"resident server {exc}", environ)
+    return _fail(f"the compiled client failed: {failed}", environ)
+
+
+def _digits(text: str) -> bool:
+    return 0 < len(text) <= wire.MAX_DIGITS and text.isascii() and text.isdigit()
+
+
+def _unreachable(environ: dict[str, str], path: str, problem: str) -> int | str:
+    """The server never had the message: why, for the caller's in-process work; or 71."""
+    if environ.get("QQF_SOCKETFALLBACK") == "tempfail":
+        return _fail(f"resident server {path} unreachable: {problem}", environ, unread=True)
+    return f"{path}: {problem}"
+
+
+def _too_big(size: int) -> str:
+    return f"a request of {size} bytes is too big for it"
+
+
+def _busy(environ: dict[str, str], deadline: float) -> int:
+    why = f"resident server busy: no room in its backlog for {deadline:g} s"
+    return _fail(why, environ, unread=True)
+
+
+def _no_answer(environ: dict[str, str], deadline: float) -> int:
+    return _fail(f"resident server gave no answer within {deadline:g} s", environ)
+
+
+def _mid_message(environ: dict[str, str], exc: OSError) -> int:
+    return _fail(f"resident server failed mid-message: {_words(exc)}", environ)
 
 
 def _send(connection: _socket.socket, environ: dict[str, str]) -> str | None:
@@ -82,7 +152,7 @@ def _send(connection: _socket.socket, environ: dict[str, str]) -> str | None:
         connection.sendmsg([request], wire.rights((0, 1)))
     except OSError as exc:
         if exc.errno in TOO_BIG:
-            return f"a request of {len(request)} bytes is too big for it"
+            return _too_big(len(request))
     return None
 
 
@@ -185,8 +255,8 @@ def _carry_out(
         return _fail(reason, environ, verdict="error")
     for fd in received:
         os.close(fd)
-    if answer.reply:
-        replypipe.write(answer.errfd, answer.reply)
+    if answer.reply and answer.errfd in replypipe.CANDIDATES and replypipe.usable(answer.errfd):
+        replypipe.write(answer.errfd, answer.reply)  # only a pipe the request named
     return answer.code
 
 

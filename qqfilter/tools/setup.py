@@ -8,6 +8,11 @@ install.sh runs ``install-wrapper``, and a wheel user runs all three, so both ge
   file. Before it takes the place of PATH it must run ``config`` as qmail's user: a wrapper
   qmaild cannot run (an interpreter under /root, a venv it cannot enter) would turn every
   message into ``451 qq temporary problem`` without a log line.
+- ``install-client PATH --wrapper WRAPPER`` compiles the resident client in C
+  (qqfilter/resident/client.c) with the system's C compiler into PATH, for that wrapper: the
+  QMAILQUEUE program without Python's start-up. It forwards everything it cannot do itself
+  (one-shot, commands, its own failures) to the wrapper, so it can stand wherever the wrapper
+  is named. The same check as qmail's user, the same rename into place.
 - ``samples DIR`` copies s/qmail's WarLord sample control files (qqfilter/samples/, the same
   files as docs/control/).
 - ``setup [daemontools|systemd]`` writes a service for ``qqfilter serve``: a daemontools
@@ -25,6 +30,7 @@ import grp
 import os
 import pwd
 import shlex
+import shutil
 import stat
 import subprocess
 import sys
@@ -79,6 +85,28 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     wrapper.set_defaults(run=_install_wrapper)
 
+    client = sub.add_parser(
+        "install-client",
+        help="compile the resident client in C (what install.sh --qmail builds when it can)",
+        description="Compile qqfilter's resident client (client.c) with the system's C "
+        f"compiler ($CC, else cc) into PATH, e.g. {QMAILHOME}/bin/qqfilter-queue, for the "
+        "wrapper install-wrapper wrote: name it in QMAILQUEUE and in setup's --program. It "
+        "passes one-shot work, commands and its own failures to the wrapper.",
+    )
+    client.add_argument("path", help=f"where to write it, e.g. {QMAILHOME}/bin/qqfilter-queue")
+    client.add_argument(
+        "--wrapper",
+        required=True,
+        metavar="PATH",
+        help=f"the wrapper install-wrapper wrote, e.g. {QMAILHOME}/bin/qqfilter",
+    )
+    client.add_argument(
+        "--user",
+        metavar="NAME",
+        help=f"qmail-smtpd's user, who must run it ({QMAIL_USER}; without one, ourselves)",
+    )
+    client.set_defaults(run=_install_client)
+
     samples = sub.add_parser(
         "samples", help="copy the WarLord sample control files (badmimetypes, badloadertypes)"
     )
@@ -121,7 +149,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=f"{QMAILHOME}/bin/qqfilter",
         metavar="PATH",
         help="the qqfilter the server runs, and QMAILQUEUE in the rules line: the wrapper "
-        "install.sh or install-wrapper wrote (/var/qmail/bin/qqfilter)",
+        "install.sh or install-wrapper wrote (/var/qmail/bin/qqfilter), or the compiled client "
+        "install-client built for it (/var/qmail/bin/qqfilter-queue, what install.sh names "
+        "when it could build one)",
     )
     setup.add_argument("--force", action="store_true", help="replace files that differ")
     setup.set_defaults(run=_setup)
@@ -246,6 +276,144 @@ def install_wrapper(path: Path, text: str, account: pwd.struct_passwd) -> list[s
     return notes
 
 
+# --- the compiled client ------------------------------------------------------------------
+
+CLIENT_SOURCE = "client.c"
+"""The compiled client's source, in qqfilter/resident/ (a wheel ships it: package-data)."""
+CFLAGS = (
+    "-std=c11",
+    "-O2",
+    "-Wall",
+    "-Wextra",
+    "-Werror",
+    "-Wformat=2",
+    "-Wshadow",
+    "-Wconversion",
+    "-Wstrict-prototypes",
+    "-Wmissing-prototypes",
+    "-Wvla",
+    "-Wwrite-strings",
+    "-Wundef",
+    "-Wpointer-arith",
+    "-Wnull-dereference",
+)
+"""How it is built (the tests' sanitizer build adds to these): warnings are errors."""
+MARK = b"qqfilter-client-wrapper="
+"""What precedes the wrapper's path in a compiled client (client.c's MARK)."""
+
+
+def client_source() -> Path:
+    """Where client.c is in this installation."""
+    import qqfilter.resident
+
+    return Path(qqfilter.resident.__file__).resolve().parent / CLIENT_SOURCE
+
+
+def compiler() -> list[str] | None:
+    """The system's C compiler as a command ($CC, else cc), None when there is none."""
+    words = shlex.split(os.environ.get("CC") or "cc")
+    if not words or not shutil.which(words[0]):
+        return None
+    return words
+
+
+def compile_client(output: str, wrapper: str, flags: tuple[str, ...] = ()) -> None:
+    """Compile client.c into ``output``, for ``wrapper`` (its absolute path, built in), with
+    CFLAGS and ``flags``; raises Refusal, with the compiler's first error, when it cannot."""
+    command = compiler()
+    if command is None:
+        raise Refusal(f"no C compiler ({os.environ.get('CC') or 'cc'}): install one (gcc)")
+    literal = "".join(
+        chr(b) if 0x20 <= b < 0x7F and b not in b'"\\?' else f"\\{b:03o}"
+        for b in os.fsencode(wrapper)
+    )
+    try:
+        built = subprocess.run(
+            [
+                *command,
+                *CFLAGS,
+                *flags,
+                f'-DQQF_WRAPPER="{literal}"',
+                "-o",
+                output,
+                str(client_source()),
+            ],
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=120,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise Refusal(f"{command[0]} could not build {client_source()}: {exc}") from None
+    if built.returncode != 0:
+        said = [line for line in built.stderr.splitlines() if "error" in line] or [
+            f"exit status {built.returncode}"
+        ]
+        raise Refusal(f"{command[0]} could not build {client_source()}: {said[0]}")
+
+
+def _install_client(options: argparse.Namespace) -> int:
+    try:
+        path = Path(options.path)
+        if path.is_dir():
+            path = path / "qqfilter-queue"
+        wrapper = os.path.abspath(options.wrapper)
+        if not os.access(wrapper, os.X_OK) or os.path.isdir(wrapper):
+            raise Refusal(
+                f"no program {wrapper}: write it first (qqfilter install-wrapper {wrapper})",
+                USAGE_ERROR,
+            )
+        try:
+            with open(wrapper, "rb") as file:
+                script = file.read(2) == b"#!"
+        except OSError as exc:
+            raise Refusal(f"cannot read {wrapper}: {exc.strerror}") from None
+        if not script:  # a compiled client there would run itself for ever
+            raise Refusal(f"--wrapper {wrapper} is not the script install-wrapper writes")
+        notes = []
+        if options.user is None and not _exists(QMAIL_USER):
+            account = pwd.getpwuid(os.geteuid())
+            notes.append(f"no user {QMAIL_USER}: checking as {account.pw_name} (--user NAME)")
+        else:
+            account = _account(options.user or QMAIL_USER)
+        if not path.parent.is_dir():
+            raise Refusal(f"no directory {path.parent}: is qmail installed there?", USAGE_ERROR)
+        notes += install_client(path, wrapper, account)
+    except Refusal as exc:
+        _say("install-client", str(exc))
+        return exc.code
+    for note in notes:
+        _say("install-client", note)
+    print(f"compiled client: {path} (for {wrapper}; it runs as {account.pw_name})")
+    return 0
+
+
+def install_client(path: Path, wrapper: str, account: pwd.struct_passwd) -> list[str]:
+    """Compile the client beside ``path``, run it as ``account`` (``config``, through the
+    wrapper), and only then put it in place of ``path``. Returns notes; raises Refusal,
+    leaving ``path`` as it was, when it cannot be built or run."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".qqfilter-queue.", dir=path.parent)
+    except OSError as exc:
+        raise Refusal(f"cannot write in {path.parent}: {exc.strerror}") from None
+    os.close(fd)
+    try:
+        compile_client(name, wrapper)
+        os.chmod(name, 0o755)
+        notes = check_runs(name, account, shown=str(path))
+        os.replace(name, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise Refusal(f"cannot write {path}: {exc.strerror}") from None
+    except Refusal as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+        raise Refusal(f"{exc}; {path} left as it was") from None
+    return notes
+
+
 def check_runs(program: str, account: pwd.struct_passwd, *, shown: str) -> list[str]:
     """Run ``program config`` as ``account`` (its uid and group, no others, as tcpserver runs
     qmail-smtpd), in qmail's clean environment. Returns notes (settings it reports invalid, or
@@ -306,14 +474,19 @@ def _closed_hint(program: str, account: pwd.struct_passwd, shown: str) -> str:
     return ""
 
 
-def _wrapper_parts(program: str) -> list[tuple[str, str]]:
-    """The program, its interpreter (real path too) and a wrapper's PATHS, named."""
+def _wrapper_parts(program: str, follow: bool = True) -> list[tuple[str, str]]:
+    """The program, its interpreter (real path too) and a wrapper's PATHS, named; for a
+    compiled client (``follow``), the wrapper it runs and that wrapper's parts too."""
     parts = [("the program", program)]
     try:
-        with open(program, encoding="utf-8", errors="replace") as file:
-            head = file.read(65536)
+        with open(program, "rb") as binary:
+            data = binary.read(1 << 20)
     except OSError:
         return parts
+    if follow and data.startswith(b"\x7fELF") and MARK in data:
+        wrapper = os.fsdecode(data.split(MARK, 1)[1].split(b"\0", 1)[0])
+        return [*parts, ("the wrapper", wrapper), *_wrapper_parts(wrapper, False)[1:]]
+    head = data[:65536].decode("utf-8", "replace")
     first = head.split("\n", 1)[0]
     if first.startswith("#!") and first[2:].split():
         interpreter = first[2:].split()[0]
