@@ -271,10 +271,12 @@ def resident_server(tmp_path_factory):
 
 
 def pytest_generate_tests(metafunc) -> None:
-    """Modules with ``BOTH_MODES = True`` run every ``qq`` test one-shot and resident."""
+    """Modules with ``BOTH_MODES = True`` run every ``qq`` test one-shot and resident (but
+    those marked ``one_shot``); elsewhere, the tests marked ``both_modes`` run both ways."""
     both = getattr(metafunc.module, "BOTH_MODES", False)
     one_shot = metafunc.definition.get_closest_marker("one_shot")
-    if "qq" in metafunc.fixturenames and both and not one_shot:
+    marked = metafunc.definition.get_closest_marker("both_modes")
+    if "qq" in metafunc.fixturenames and ((both and not one_shot) or marked):
         metafunc.parametrize("qq", ["one-shot", "resident"], indirect=True)
 
 

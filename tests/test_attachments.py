@@ -12,7 +12,8 @@ import pytest
 from clamav import TEXT_PART, forwarded, mime
 from conftest import ROOT, assert_clean_failure, envelope
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The walk is the same code in both modes: the tests marked both_modes also run through
+# qqfilter serve (its preloaded libraries, its memory, settings per connection).
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 
@@ -72,6 +73,7 @@ def part(data: bytes, name: bytes | None, ctype: bytes = b"application/octet-str
     )
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize(
     ("data", "name", "kind"),
     [
@@ -153,6 +155,7 @@ def test_a_right_to_left_override_in_a_name_is_refused(qq):
     assert out.field("reason").endswith("file name holds text-direction marks")
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize(
     ("archive", "why"),
     [
@@ -176,6 +179,7 @@ def test_a_forwarded_message_is_looked_into(qq):
     assert out.field("detail").startswith("part 2.1 application/octet-stream")
 
 
+@pytest.mark.both_modes
 def test_a_zip_bomb_costs_its_heads_only(qq):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -222,6 +226,7 @@ def test_sqmail_codes_give_34(qq):
     assert_clean_failure(out, 34)
 
 
+@pytest.mark.both_modes
 def test_checks_can_be_switched_off_per_connection(qq):
     message = mime(TEXT_PART, part(PE, b"setup.exe"))
     off = {"QQF_BLOCKEXT": "none", "QQF_BLOCKKINDS": "none"}
@@ -234,6 +239,7 @@ def test_checks_can_be_switched_off_per_connection(qq):
     assert_clean_failure(out, 31)
 
 
+@pytest.mark.both_modes
 def test_the_toml_file_sets_the_lists(qq, tmp_path):
     config = tmp_path / "qqfilter.toml"
     config.write_text('blockext = ["zip"]\nblockkinds = ["elf"]\n')
@@ -252,6 +258,7 @@ def _warlord_home(qq, *files: str) -> None:
 NO_CONTENT_CHECKS = {"QQF_BLOCKEXT": "none", "QQF_BLOCKKINDS": "none"}
 
 
+@pytest.mark.both_modes
 def test_badmimetype_refuses_by_the_first_nine_base64_characters(qq):
     _warlord_home(qq, "badmimetypes")
     message = mime(TEXT_PART, part(PE, b"report.pdf"))
@@ -285,6 +292,7 @@ def test_badloadertype_finds_loader_fragments_anywhere_in_base64(qq):
     assert qq.submit(clean, ENV, env={"BADLOADERTYPE": "M"}).returncode == 0
 
 
+@pytest.mark.both_modes
 def test_warlord_on_without_its_control_file_is_noted_not_silent(qq):
     """s/qmail says nothing when BADMIMETYPE is set and control/badmimetypes is missing (the
     test simply never refuses); qqfilter notes it on the log line of every message."""
@@ -379,6 +387,7 @@ CLEAN_MAIL = {
 }
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize("shape", list(CLEAN_MAIL))
 def test_clean_mail_passes_byte_identical(qq, shape):
     message = CLEAN_MAIL[shape]

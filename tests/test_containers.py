@@ -29,7 +29,8 @@ from conftest import assert_clean_failure, envelope
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The walk is the same code in both modes: the tests marked both_modes also run through
+# qqfilter serve (its preloaded libraries, its memory, settings per connection).
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 PE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 200
@@ -390,6 +391,7 @@ def _member(fmt: str, name: str = "report.pdf") -> str:
 EVERY = [*FORMATS, *SINGLE]
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize("fmt", EVERY)
 @pytest.mark.one_shot  # the format matrix: the same readers in both modes
 def test_an_executable_under_a_harmless_name_is_refused(qq, fmt):
@@ -462,6 +464,7 @@ def test_a_blocked_name_inside_is_refused_by_name(qq):
     assert "files.rar/setup.exe: blocked file name extension .exe" in out.field("reason")
 
 
+@pytest.mark.both_modes
 def test_every_tnef_name_is_judged(qq):
     """Outlook shows the long name (MAPI), a TNEF decoder may use the 8.3 title."""
     archive = tnef((("notes.txt", TEXT),)).replace(b"NOTES.TXT", b"NOTES.EXE")
@@ -585,6 +588,7 @@ def _udf_entry_of(image: bytes, name: str) -> int:
     raise AssertionError(f"no UDF file entry for {name}")
 
 
+@pytest.mark.both_modes
 def test_a_hostile_udf_image_is_bounded(qq):
     """A directory that names itself (a loop), a file declaring 2**62 bytes: the walk ends,
     the executable after them is found. A directory declaring a terabyte is noted."""
@@ -710,6 +714,7 @@ def test_a_huge_declared_size_is_noted(qq):
     assert "not a readable compressed archive" in out.field("notes")
 
 
+@pytest.mark.both_modes
 def test_a_gzip_of_a_gigabyte_costs_its_head(qq):
     out = _submit_bomb(qq, _gzip_zeros(1024), b"zeros.gz")
     assert out.returncode == 0, out.stderr
@@ -819,6 +824,7 @@ def test_a_compressed_file_is_judged_by_the_name_it_is_saved_under(qq, command):
     assert f"archive member invoice.exe{suffix}/invoice.exe" in out.field("reason")
 
 
+@pytest.mark.both_modes
 def test_an_arj_bomb_in_its_lzh_method_costs_bounded_memory(qq):
     archive = arj((("zeros.bin", b"\0" * (48 << 20)), ("report.pdf", PE)), method="-m1")
     assert len(archive) < 2 << 20

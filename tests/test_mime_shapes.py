@@ -19,7 +19,8 @@ from conftest import assert_clean_failure, envelope
 from qqfilter.checks.mime.walk import WINDOW, Walk
 from qqfilter.spool import Spool, anonymous_file, write_all
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The walk is the same code in both modes: the tests marked both_modes also run through
+# qqfilter serve (its preloaded libraries, its memory, settings per connection).
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 PE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 300
@@ -45,6 +46,7 @@ def refused_for_the_executable(out) -> None:
 RECEIVED = b"Received: from relay.example.net (HELO relay) (192.0.2.7)\n  by mx with SMTP; date\n"
 
 
+@pytest.mark.both_modes
 def test_a_header_block_longer_than_64_kb_is_read_to_its_end(qq):
     message = RECEIVED * 800 + mime(TEXT_PART, exe_part())
     assert len(RECEIVED * 800) > 65536
@@ -224,6 +226,7 @@ def test_a_forwarded_message_is_judged_by_its_file_name_too(qq, encoding):
     assert qq.submit(clean, ENV).returncode == 0
 
 
+@pytest.mark.both_modes
 def test_a_clean_encoded_forward_passes_byte_identical(qq):
     inner = mime(TEXT_PART, subject=b"inner", boundary=b"=_inner")
     message = mime(TEXT_PART, encoded(inner, b"message/rfc822", b"base64"))
@@ -232,6 +235,7 @@ def test_a_clean_encoded_forward_passes_byte_identical(qq):
     assert out.message == message
 
 
+@pytest.mark.both_modes
 def test_encoded_messages_count_against_the_depth_and_part_limits(qq):
     inner = mime(*[TEXT_PART] * 10, subject=b"inner", boundary=b"=_inner")
     message = mime(TEXT_PART, encoded(inner, b"message/rfc822", b"base64"))

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from qqfilter.checks.mime import zipread
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The walk is the same code in both modes: the tests marked both_modes also run through
+# qqfilter serve (its preloaded libraries, its memory, settings per connection).
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 PE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff\x00\x00" + b"\x00" * 200
@@ -141,6 +142,7 @@ def _renamed_local(archive: bytes, old: bytes, new: bytes) -> bytes:
     return archive[:at] + archive[at:].replace(old, new, 1)
 
 
+@pytest.mark.both_modes
 def test_the_local_header_name_is_judged_too(qq):
     archive = _renamed_local(zip_of(("invoice.txt", b"x")), b"invoice.txt", b"invoice.exe")
     with zipfile.ZipFile(io.BytesIO(archive)) as check:
@@ -282,6 +284,7 @@ def test_encrypted_archives_are_judged_by_name_by_default(qq):
     assert "a.exe: blocked file name" in out.field("reason")
 
 
+@pytest.mark.both_modes
 def test_encrypted_archives_are_refused_when_so_set(qq):
     message = mime(TEXT_PART, attachment(encrypted_zip(("a.pdf", PE)), b"f.zip"))
     out = qq.submit(message, ENV, env={"QQF_ENCRYPTED": "refuse", "QQF_CODES": "sqmail"})
@@ -308,6 +311,7 @@ def seven_zip(method: str, *members: tuple[str, bytes]) -> bytes:
         return (root / "out.zip").read_bytes()
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize("method", ["Deflate64", "XZ", "PPMd"])
 def test_zip_methods_7zip_writes_are_decompressed(qq, method):
     archive = seven_zip(method, ("notes.txt", b"hello world " * 2000), ("report.pdf", PE * 20))
@@ -318,6 +322,7 @@ def test_zip_methods_7zip_writes_are_decompressed(qq, method):
     assert "report.pdf: DOS/Windows executable" in out.field("reason")
 
 
+@pytest.mark.both_modes
 @pytest.mark.parametrize("method", ["Deflate64", "PPMd"])
 def test_a_bomb_in_a_7zip_method_costs_bounded_memory(qq, method):
     zeros = b"\0" * (64 << 20)
