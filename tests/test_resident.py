@@ -2,7 +2,8 @@
 
 The pipeline cases themselves run both ways in the modules marked BOTH_MODES; here: the
 fallback, who may connect, the concurrency limit, SIGHUP, SIGTERM with work in flight, a
-server that dies mid-message, and the client's imports.
+server that dies mid-message, and the client's imports. The client's own cases run with both
+clients, the Python one and the compiled one (``client``, test_compiled_client.py).
 """
 
 import os
@@ -12,9 +13,11 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import QQFILTER, ROOT, Resident, assert_clean_failure, envelope
+from test_compiled_client import client_fixture, compiled_fixture  # noqa: F401 (fixtures)
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 PLAIN = b"Subject: hi\n\nhello\n"
@@ -27,14 +30,14 @@ def server(tmp_path):
     running.stop()
 
 
-def through(qq, server, **env: str):
+def through(qq, server, command=None, **env: str):
     """Submit PLAIN through ``server``; a failure to reach it is 71, not in-process work."""
     settings = {"QQF_SOCKET": server.socket, "QQF_SOCKETFALLBACK": "tempfail", **env}
-    return qq.submit(PLAIN, ENV, env=settings)
+    return qq.submit(PLAIN, ENV, env=settings, command=command)
 
 
-def test_a_message_goes_through_the_server_and_the_client_becomes_qmail_queue(qq, server):
-    out = through(qq, server)
+def test_a_message_goes_through_the_server_and_the_client_becomes_qmail_queue(qq, server, client):
+    out = through(qq, server, client)
     assert out.returncode == 0, out.stderr
     assert out.message == PLAIN
     assert out.envelope == ENV
@@ -42,12 +45,14 @@ def test_a_message_goes_through_the_server_and_the_client_becomes_qmail_queue(qq
     assert out.field("verdict") == "accept"
 
 
-def test_without_a_server_the_client_works_in_process_or_tempfails(qq, tmp_path):
+def test_without_a_server_the_client_works_in_process_or_tempfails(qq, tmp_path, client):
     gone = str(tmp_path / "no.sock")
-    out = qq.submit(PLAIN, ENV, env={"QQF_SOCKET": gone})
+    out = qq.submit(PLAIN, ENV, env={"QQF_SOCKET": gone}, command=client)
     assert out.returncode == 0, out.stderr
     assert out.queued
-    out = qq.submit(PLAIN, ENV, env={"QQF_SOCKET": gone, "QQF_SOCKETFALLBACK": "tempfail"})
+    assert out.field("fallback").endswith(f"{gone}: No such file or directory")
+    tempfail = {"QQF_SOCKET": gone, "QQF_SOCKETFALLBACK": "tempfail"}
+    out = qq.submit(PLAIN, ENV, env=tempfail, command=client)
     assert_clean_failure(out, 71)
     assert out.field("reason") == f"resident server {gone} unreachable: No such file or directory"
 
@@ -138,9 +143,9 @@ def test_sigterm_finishes_the_message_in_work_then_stops(qq, server, slow_scanne
     assert "stopped" in server.log.read_text()
 
 
-def test_a_server_killed_mid_message_is_71_and_nothing_is_queued(qq, server, spare_clamd):
+def test_a_server_killed_mid_message_is_71_and_nothing_is_queued(qq, server, spare_clamd, client):
     spare_clamd.pause()  # the scan hangs: the message is in the server's hands
-    busy = in_background(lambda: through(qq, server, QQF_CLAMD=spare_clamd.unix))
+    busy = in_background(lambda: through(qq, server, client, QQF_CLAMD=spare_clamd.unix))
     time.sleep(1.0)
     server.process.kill()
     busy["thread"].join(10)
@@ -211,11 +216,26 @@ def test_the_client_imports_no_pipeline_module(tmp_path, server):
     assert "verdict=accept" in out.stderr
 
 
+def descriptors(server) -> int:
+    """Descriptors open in the server's process and its workers (its children)."""
+    pids = [server.process.pid]
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == server.process.pid:
+            pids.append(int(entry))
+    workers = min(len(os.sched_getaffinity(0)), 16)  # the default: a CPU each, --max at most
+    assert len(pids) == (1 + workers if workers > 1 else 1)  # one worker: no children
+    return sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+
+
 def test_the_server_keeps_no_descriptor_of_a_finished_message(qq, server):
     """A long-lived server must close each spool: an open one is a file kept on disk."""
-    before = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+    before = descriptors(server)
     for maxsize in ("5", "0", "5", "0") * 5:  # refused and queued, alternately
         out = through(qq, server, QQF_MAXSIZE=maxsize)
         assert out.returncode == (31 if maxsize == "5" else 0), out.stderr
     time.sleep(0.2)
-    assert len(os.listdir(f"/proc/{server.process.pid}/fd")) == before
+    assert descriptors(server) == before

@@ -5,7 +5,8 @@ not allowed is closed before anything is read; idle connections, a 5,000-digit p
 out of descriptors cost log lines, never the server; SIGTERM is quick with idle connections
 open; a peer of another user chooses no program, path or server, nor the environment of the
 programs a check runs; a stopped server costs the client QQF_SOCKETTIMEOUT, not forever; an
-environment too big for one packet is done in-process.
+environment too big for one packet is done in-process. The client's own cases run with both
+clients, the Python one and the compiled one (``client``, test_compiled_client.py).
 
 A peer of another user is this test run as ``nobody`` through setpriv, keeping
 CAP_DAC_OVERRIDE so that it can run the venv's Python wherever it lives (under /root, say):
@@ -21,9 +22,11 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import QQFILTER, Resident, assert_clean_failure, envelope
+from test_compiled_client import client_fixture, compiled_fixture  # noqa: F401 (fixtures)
 
 from qqfilter.resident import wire
 
@@ -73,10 +76,10 @@ def server(tmp_path):
     running.stop()
 
 
-def through(qq, server, **env: str):
+def through(qq, server, command=None, **env: str):
     """Submit PLAIN through ``server``; a failure to reach it is 71, not in-process work."""
     settings = {"QQF_SOCKET": server.socket, "QQF_SOCKETFALLBACK": "tempfail", **env}
-    return qq.submit(PLAIN, ENV, env=settings)
+    return qq.submit(PLAIN, ENV, env=settings, command=command)
 
 
 def idle_connections(path: str, count: int, patience: float = 0.0) -> list[socket.socket]:
@@ -105,6 +108,25 @@ def in_background(function) -> dict:
     thread.start()
     result["thread"] = thread
     return result
+
+
+def processes(server) -> list[int]:
+    """The server's process and its workers (its children)."""
+    pids = [server.process.pid]
+    for entry in os.listdir("/proc"):
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == server.process.pid:
+            pids.append(int(entry))
+    return pids
+
+
+def signal_all(server, number: int) -> None:
+    """``number`` to the server and each of its workers (SIGSTOP: a server that is stopped)."""
+    for pid in processes(server):
+        os.kill(pid, number)
 
 
 def assert_no_traceback(server) -> None:
@@ -194,10 +216,15 @@ def test_a_five_thousand_digit_pid_is_one_log_line(server):
 
 def test_running_out_of_descriptors_pauses_the_server_and_never_stops_it(qq, tmp_path):
     """Idle connections past the descriptor limit: accept() fails (EMFILE), a log line and a
-    pause; the server serves again once they are gone, and SIGTERM still stops it at once."""
+    pause; the server serves again once they are gone, and SIGTERM still stops it at once.
+    Each of the 2 workers has 100 of the 200 connections: past its 64 descriptors."""
     (tmp_path / "server").mkdir()
     limited = Serving(
         tmp_path / "server",
+        "--workers",
+        "2",
+        "--connections",
+        "200",
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
     )
     try:
@@ -220,7 +247,10 @@ def test_running_out_of_descriptors_pauses_the_server_and_never_stops_it(qq, tmp
             connection.close()
     finally:
         limited.stop()
-    assert "may need 800 descriptors, and the limit is 64" in limited.log.read_text()
+    assert (
+        "--connections 200 (100 in each of 2 workers) may need 800 descriptors in each worker, "
+        "and the limit is 64" in limited.log.read_text()
+    )
     assert not os.path.exists(limited.socket)
     assert_no_traceback(limited)
 
@@ -254,8 +284,9 @@ def test_sigterm_with_hundreds_of_idle_connections_is_quick(server):
     idle = idle_connections(server.socket, 300, patience=1)
     assert len(idle) >= 200  # the server's 100, and the listen backlog
     time.sleep(0.5)
-    threads = len(os.listdir(f"/proc/{server.process.pid}/task"))
-    assert threads <= 100 + 5  # the cap, the main thread, a few of Python's
+    pids = processes(server)
+    threads = sum(len(os.listdir(f"/proc/{pid}/task")) for pid in pids)
+    assert threads <= 100 + 5 * len(pids)  # the cap, each main thread, a few of Python's
     started = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(10) == 0
@@ -390,36 +421,36 @@ def test_a_peer_of_another_user_chooses_no_program_path_or_server(qq, tmp_path):
 # Item 8: the client's deadline, and the request too big for one packet.
 
 
-def test_a_stopped_server_is_71_within_the_clients_deadline(qq, server):
-    server.process.send_signal(signal.SIGSTOP)
+def test_a_stopped_server_is_71_within_the_clients_deadline(qq, server, client):
+    signal_all(server, signal.SIGSTOP)
     # without a deadline the client would wait for ever: the server wakes after 10 s then
-    waking = threading.Timer(10, lambda: server.process.send_signal(signal.SIGCONT))
+    waking = threading.Timer(10, lambda: signal_all(server, signal.SIGCONT))
     waking.start()
     try:
         started = time.monotonic()
-        out = through(qq, server, QQF_SOCKETTIMEOUT="1")
+        out = through(qq, server, client, QQF_SOCKETTIMEOUT="1")
         took = time.monotonic() - started
     finally:
         waking.cancel()
-        server.process.send_signal(signal.SIGCONT)
+        signal_all(server, signal.SIGCONT)
     assert_clean_failure(out, 71)
     assert out.field("reason") == "resident server gave no answer within 1 s"
     assert took < 3
 
 
-def test_a_full_backlog_is_71_within_the_clients_deadline(qq, server):
+def test_a_full_backlog_is_71_within_the_clients_deadline(qq, server, client):
     """A stopped server whose listen backlog is full: connect() cannot even start."""
-    server.process.send_signal(signal.SIGSTOP)
+    signal_all(server, signal.SIGSTOP)
     idle = idle_connections(server.socket, 1000)
-    waking = threading.Timer(10, lambda: server.process.send_signal(signal.SIGCONT))
+    waking = threading.Timer(10, lambda: signal_all(server, signal.SIGCONT))
     waking.start()  # as above: without a deadline, the client would wait for ever
     try:
         started = time.monotonic()
-        out = through(qq, server, QQF_SOCKETTIMEOUT="1")
+        out = through(qq, server, client, QQF_SOCKETTIMEOUT="1")
         took = time.monotonic() - started
     finally:
         waking.cancel()
-        server.process.send_signal(signal.SIGCONT)
+        signal_all(server, signal.SIGCONT)
         for connection in idle:
             connection.close()
     assert_clean_failure(out, 71)
@@ -427,12 +458,12 @@ def test_a_full_backlog_is_71_within_the_clients_deadline(qq, server):
     assert took < 3
 
 
-def test_a_message_still_arriving_does_not_count_against_the_deadline(qq, server):
+def test_a_message_still_arriving_does_not_count_against_the_deadline(qq, server, client):
     """qmail-smtpd writes the message as the SMTP client sends it: a slow one is not the
     server's delay. The deadline starts when the message is all in."""
     env_read, env_write = os.pipe()
-    client = subprocess.Popen(
-        [QQFILTER],
+    process = subprocess.Popen(
+        client,
         stdin=subprocess.PIPE,
         stdout=env_read,
         stderr=subprocess.PIPE,
@@ -444,28 +475,28 @@ def test_a_message_still_arriving_does_not_count_against_the_deadline(qq, server
         },
     )
     os.close(env_read)
-    client.stdin.write(PLAIN[:8])
-    client.stdin.flush()
+    process.stdin.write(PLAIN[:8])
+    process.stdin.flush()
     time.sleep(2.5)
-    client.stdin.write(PLAIN[8:])
-    client.stdin.close()
+    process.stdin.write(PLAIN[8:])
+    process.stdin.close()
     os.write(env_write, ENV)
     os.close(env_write)
-    stderr = client.stderr.read().decode()
-    assert client.wait(10) == 0, stderr
+    stderr = process.stderr.read().decode()
+    assert process.wait(10) == 0, stderr
     assert "verdict=accept" in stderr
     assert (qq.record / "message").read_bytes() == PLAIN
 
 
-def test_an_environment_too_big_for_one_packet_is_done_in_process(qq, server):
+def test_an_environment_too_big_for_one_packet_is_done_in_process(qq, server, client):
     # 300 KB in three variables: exec takes no single string over 128 KB
     big = {f"BIG{i}": "x" * 100_000 for i in range(3)}
-    out = qq.submit(PLAIN, ENV, env={"QQF_SOCKET": server.socket, **big})
+    out = qq.submit(PLAIN, ENV, env={"QQF_SOCKET": server.socket, **big}, command=client)
     assert out.returncode == 0, out.stderr
     assert out.queued
     assert out.message == PLAIN
     assert len(out.lines) == 1 and "verdict=accept" in out.stderr
-    out = through(qq, server, **big)
+    out = through(qq, server, client, **big)
     assert_clean_failure(out, 71)
     reason = out.field("reason")
     assert reason.startswith(f"resident server {server.socket} unreachable: a request of ")

@@ -1,10 +1,19 @@
 """``qqfilter serve --metrics HOST:PORT``: Prometheus metrics over HTTP (docs/metrics.md).
 
 The one module that imports prometheus_client, and only ``serve --metrics`` imports it: the
-one-shot program, the thin client and a server without --metrics never load it. The server
-hands a ``Metrics`` to its gate and its connections, and sets it as the pipeline's observer
-(qqfilter.pipeline.OBSERVER), which times each check unit and reports the verdict in the
-thread that decides the message.
+one-shot program, the thin client and a server without --metrics never load it. The process
+that decides messages hands a ``Metrics`` (the instruments) to its gate and its connections,
+and sets it as the pipeline's observer (qqfilter.pipeline.OBSERVER), which times each check
+unit and reports the verdict in the thread that decides the message. ``describe`` adds what
+the page says besides: the version, the limits, the process figures; ``publish`` shows a
+registry over HTTP.
+
+One process (``--workers 1``): its registry holds the instruments and is served in it. Several
+workers: prometheus_client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, set by the server
+before this module is imported): each worker's instruments write to files of its own in that
+directory, and the parent serves their sum (``multiprocess``), with the process figures summed
+over the parent and its workers (Processes). Gauges of what is held now are ``livesum``: the
+parent drops a dead worker's (``worker_ended``).
 
 Every label value comes from the code (check names, policy's verdicts, exit codes, the s/qmail
 tags), except a tag a setting names (QQF_SPAMTAG, say, per connection): past LABEL_SETS
@@ -24,13 +33,13 @@ from prometheus_client import (
     Gauge,
     GCCollector,
     Histogram,
-    Info,
     PlatformCollector,
     ProcessCollector,
     disable_created_metrics,
     start_http_server,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from qqfilter import __version__
@@ -39,6 +48,7 @@ from qqfilter.policy import ACCEPT
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from http.server import HTTPServer
 
     from prometheus_client.metrics_core import Metric
 
@@ -83,25 +93,12 @@ PROBLEMS = (
 
 
 class Metrics:
-    """The server's metrics, in a registry of their own (with the process, platform and
-    garbage collector metrics prometheus_client gives), and the HTTP server showing them."""
+    """The instruments one deciding process updates, in a registry of their own. In a worker
+    of several, their values go to the multiprocess directory, and the parent shows the sum."""
 
-    def __init__(self, checks: list[str], *, limit: int, connections: int) -> None:
+    def __init__(self, checks: list[str]) -> None:
         disable_created_metrics()  # a *_created series beside every counter: noise here
         self.registry = registry = CollectorRegistry()
-        ProcessCollector(registry=registry)
-        PlatformCollector(registry=registry)
-        GCCollector(registry=registry)
-        registry.register(DnsCache())
-        Info("qqfilter", "the qqfilter serving", registry=registry).info({"version": __version__})
-        Gauge(
-            "qqfilter_limit_messages", "--max: messages under the checks at once", registry=registry
-        ).set(limit)
-        Gauge(
-            "qqfilter_limit_connections",
-            "--connections: connections served at once",
-            registry=registry,
-        ).set(connections)
         self.messages = Counter(
             "qqfilter_messages",
             "messages decided, by verdict (accept, reject, tempfail, drop, error), and the check "
@@ -133,11 +130,13 @@ class Metrics:
             "qqfilter_messages_in_flight",
             "messages the server holds: spooling, waiting for a turn or under the checks",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.checking = Gauge(
             "qqfilter_messages_checking",
             "messages under the checks (holding one of --max turns)",
             registry=registry,
+            multiprocess_mode="livesum",
         )
         self.queue_wait = Histogram(
             "qqfilter_queue_wait_seconds",
@@ -160,6 +159,26 @@ class Metrics:
             "qqfilter_connections_waiting",
             "connections whose request has not come yet",
             registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self.dns_hits = Counter(
+            "qqfilter_dns_cache_hits", "DNS answers taken from the cache", registry=registry
+        )
+        self.dns_misses = Counter(
+            "qqfilter_dns_cache_misses",
+            "DNS questions the cache could not answer (not there, or expired)",
+            registry=registry,
+        )
+        self.dns_too_big = Counter(
+            "qqfilter_dns_cache_too_big",
+            "DNS answers not kept: over the size the cache keeps",
+            registry=registry,
+        )
+        self.dns_entries = Gauge(
+            "qqfilter_dns_cache_entries",
+            "DNS answers in the cache now",
+            registry=registry,
+            multiprocess_mode="livesum",
         )
         self._checks = {name: self.check_seconds.labels(name) for name in checks}
         for problem in PROBLEMS:
@@ -168,6 +187,8 @@ class Metrics:
         self.codes.labels("0")
         self._seen: set[tuple[str, str, str]] = set()
         self._local = threading.local()
+        self._dns_lock = threading.Lock()
+        self._dns_seen = (0, 0, 0, 0)
 
     # the pipeline's observer (qqfilter.pipeline.OBSERVER), in the deciding thread
 
@@ -209,6 +230,7 @@ class Metrics:
             self._seen.add(labels)
         self.messages.labels(*labels).inc()
         self.codes.labels(str(action.code)).inc()
+        self.dns()
         return decision
 
     def waited(self, seconds: float, turn: bool) -> None:
@@ -223,38 +245,122 @@ class Metrics:
     def problem(self, what: str) -> None:
         self.problems.labels(what).inc()
 
-    def serve(self, host: str, port: int) -> tuple[str, int]:
-        """Start the HTTP server on ``host`` and ``port`` (0: any free one), in a thread of
-        its own; the address it listens on. OSError when it cannot."""
-        httpd, _thread = start_http_server(port, host, registry=self.registry)
-        address = httpd.server_address
-        return str(address[0]), int(address[1])
-
-
-class DnsCache(Collector):
-    """The resolver's cache counts (qqfilter.shared.resolver.cache_statistics), read at a
-    scrape: nothing is counted twice on the lookup path."""
-
-    def collect(self) -> Iterator[Metric]:
+    def dns(self) -> None:
+        """Bring the DNS cache figures up to the resolver's own counts (as each message ends,
+        and in the accept loop: a SIGHUP's emptied cache shows within a moment). Nothing is
+        counted on the lookup path; the parent of several workers cannot ask their caches."""
         from qqfilter.shared import resolver
 
-        hits, misses, too_big, kept = resolver.cache_statistics()
-        yield CounterMetricFamily(
-            "qqfilter_dns_cache_hits", "DNS answers taken from the cache", value=hits
-        )
-        yield CounterMetricFamily(
-            "qqfilter_dns_cache_misses",
-            "DNS questions the cache could not answer (not there, or expired)",
-            value=misses,
-        )
-        yield CounterMetricFamily(
-            "qqfilter_dns_cache_too_big",
-            "DNS answers not kept: over the size the cache keeps",
-            value=too_big,
+        with self._dns_lock:  # each count added once, whichever thread sees it first
+            now = resolver.cache_statistics()
+            seen, self._dns_seen = self._dns_seen, now
+            if now == seen:
+                return
+            counters = (self.dns_hits, self.dns_misses, self.dns_too_big)
+            for counter, new, old in zip(counters, now[:3], seen[:3], strict=True):
+                if new > old:
+                    counter.inc(new - old)
+            self.dns_entries.set(now[3])
+
+
+def describe(
+    registry: CollectorRegistry,
+    *,
+    limit: int,
+    connections: int,
+    processes: Callable[[], list[int]] | None = None,
+    spent: Callable[[], float] | None = None,
+) -> None:
+    """Add to ``registry`` what the page shows besides the instruments: the version, the
+    limits (the whole server's), the platform, and the process figures: this process's (with
+    its garbage collector's), or, given ``processes`` (the parent's pid first, then its
+    workers') and ``spent`` (the CPU seconds of workers that have ended), their sum."""
+    registry.register(Fixed(limit, connections))
+    PlatformCollector(registry=registry)
+    if processes is None:
+        ProcessCollector(registry=registry)
+        GCCollector(registry=registry)
+    else:
+        registry.register(Processes(processes, spent or float))
+
+
+def multiprocess(directory: str) -> CollectorRegistry:
+    """A registry showing the sum of every worker's instruments kept in ``directory``."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=directory)
+    return registry
+
+
+def worker_ended(pid: int, directory: str) -> None:
+    """Drop the gauges of what worker ``pid`` held (it has ended); its counts stay in."""
+    mark_process_dead(pid, directory)
+
+
+def publish(registry: CollectorRegistry, host: str, port: int) -> tuple[HTTPServer, str, int]:
+    """Start the HTTP server showing ``registry`` on ``host`` and ``port`` (0: any free one),
+    in a thread of its own; the server and the address it listens on. OSError when it
+    cannot."""
+    httpd, _thread = start_http_server(port, host, registry=registry)
+    address = httpd.server_address
+    return httpd, str(address[0]), int(address[1])
+
+
+class Fixed(Collector):
+    """What does not change while the server runs: the version, --max and --connections."""
+
+    def __init__(self, limit: int, connections: int) -> None:
+        self.limit = limit
+        self.connections = connections
+
+    def collect(self) -> Iterator[Metric]:
+        yield InfoMetricFamily("qqfilter", "the qqfilter serving", value={"version": __version__})
+        yield GaugeMetricFamily(
+            "qqfilter_limit_messages", "--max: messages under the checks at once", self.limit
         )
         yield GaugeMetricFamily(
-            "qqfilter_dns_cache_entries", "DNS answers in the cache now", value=kept
+            "qqfilter_limit_connections",
+            "--connections: connections served at once",
+            self.connections,
         )
+
+
+SUMMED = frozenset(
+    {
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+    }
+)
+"""The process figures that add up over the parent and its workers; the others (the start
+time, the descriptor limit) are the parent's."""
+
+
+class Processes(Collector):
+    """prometheus_client's process figures for the parent and its workers, summed, with the
+    CPU of workers that have ended (read from wait4 by the parent): one server's figures."""
+
+    def __init__(self, pids: Callable[[], list[int]], spent: Callable[[], float]) -> None:
+        self.pids = pids
+        self.spent = spent
+
+    def collect(self) -> Iterator[Metric]:
+        parent, *workers = self.pids()
+        families = {family.name: family for family in _process(parent).collect() if family.samples}
+        for pid in workers:  # one that has just ended gives nothing (its /proc is gone)
+            for family in _process(pid).collect():
+                ours = families.get(family.name)
+                if family.name in SUMMED and ours is not None and family.samples:
+                    first = ours.samples[0]
+                    ours.samples[0] = first._replace(value=first.value + family.samples[0].value)
+        cpu = families.get("process_cpu_seconds")
+        if cpu is not None:
+            cpu.samples[0] = cpu.samples[0]._replace(value=cpu.samples[0].value + self.spent())
+        yield from families.values()
+
+
+def _process(pid: int) -> ProcessCollector:
+    return ProcessCollector(pid=lambda: pid, registry=None)
 
 
 def parse_address(text: str, public: bool) -> tuple[str, int]:
