@@ -39,6 +39,10 @@ from pathlib import Path
 
 from qqfilter.tools import USAGE_ERROR
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 QMAIL_USER = "qmaild"
 """The user qmail-smtpd runs as, hence the QMAILQUEUE program and the resident server."""
 LOG_USER = "qmaill"
@@ -255,13 +259,26 @@ def install_wrapper(path: Path, text: str, account: pwd.struct_passwd) -> list[s
     """Write ``text`` beside ``path``, run it as ``account`` (``config``), and only then put it
     in place of ``path`` (a rename: a running qmail never sees half a file). Returns notes;
     raises Refusal, leaving ``path`` as it was, when ``account`` cannot run it."""
+
+    def write(name: str) -> None:
+        with open(name, "w") as file:
+            file.write(text)
+
+    return _put_in_place(path, account, write)
+
+
+def _put_in_place(path: Path, account: pwd.struct_passwd, make: Callable[[str], None]) -> list[str]:
+    """``make`` the program in a new file beside ``path``, run it as ``account``
+    (``check_runs``), and only then rename it over ``path`` (a running qmail never sees half
+    a file, nor one its user cannot run). Returns check_runs' notes; raises Refusal, leaving
+    ``path`` as it was and no file behind, when it cannot be made or run."""
     try:
-        fd, name = tempfile.mkstemp(prefix=".qqfilter.", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except OSError as exc:
         raise Refusal(f"cannot write in {path.parent}: {exc.strerror}") from None
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as file:
-            file.write(text)
+        make(name)
         os.chmod(name, 0o755)
         notes = check_runs(name, account, shown=str(path))
         os.replace(name, path)
@@ -393,25 +410,7 @@ def install_client(path: Path, wrapper: str, account: pwd.struct_passwd) -> list
     """Compile the client beside ``path``, run it as ``account`` (``config``, through the
     wrapper), and only then put it in place of ``path``. Returns notes; raises Refusal,
     leaving ``path`` as it was, when it cannot be built or run."""
-    try:
-        fd, name = tempfile.mkstemp(prefix=".qqfilter-queue.", dir=path.parent)
-    except OSError as exc:
-        raise Refusal(f"cannot write in {path.parent}: {exc.strerror}") from None
-    os.close(fd)
-    try:
-        compile_client(name, wrapper)
-        os.chmod(name, 0o755)
-        notes = check_runs(name, account, shown=str(path))
-        os.replace(name, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise Refusal(f"cannot write {path}: {exc.strerror}") from None
-    except Refusal as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(name)
-        raise Refusal(f"{exc}; {path} left as it was") from None
-    return notes
+    return _put_in_place(path, account, lambda name: compile_client(name, wrapper))
 
 
 def check_runs(program: str, account: pwd.struct_passwd, *, shown: str) -> list[str]:
