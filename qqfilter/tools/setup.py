@@ -236,14 +236,8 @@ def _install_wrapper(options: argparse.Namespace) -> int:
         path = Path(options.path)
         if path.is_dir():
             path = path / "qqfilter"
-        notes = []
-        if options.user is None and not _exists(QMAIL_USER):  # no qmail users: a scratch home
-            account = pwd.getpwuid(os.geteuid())
-            notes.append(f"no user {QMAIL_USER}: checking as {account.pw_name} (--user NAME)")
-        else:
-            account = _account(options.user or QMAIL_USER)
-        if not path.parent.is_dir():
-            raise Refusal(f"no directory {path.parent}: is qmail installed there?", USAGE_ERROR)
+        notes: list[str] = []
+        account = _checking_account(options.user, path, notes)
         text = wrapper_text(account.pw_name)
         notes += install_wrapper(path, text, account)
     except Refusal as exc:
@@ -253,6 +247,20 @@ def _install_wrapper(options: argparse.Namespace) -> int:
         _say("install-wrapper", note)
     print(f"qmail wrapper: {path} (it runs as {account.pw_name})")
     return 0
+
+
+def _checking_account(user: str | None, path: Path, notes: list[str]) -> pwd.struct_passwd:
+    """The account a program written at ``path`` is checked as: ``user``, else qmail's; with
+    no qmail users at all (a scratch home) ourselves, noted. Refusal when ``path``'s
+    directory is not there or the user does not exist."""
+    if user is None and not _exists(QMAIL_USER):
+        account = pwd.getpwuid(os.geteuid())
+        notes.append(f"no user {QMAIL_USER}: checking as {account.pw_name} (--user NAME)")
+    else:
+        account = _account(user or QMAIL_USER)
+    if not path.parent.is_dir():
+        raise Refusal(f"no directory {path.parent}: is qmail installed there?", USAGE_ERROR)
+    return account
 
 
 def install_wrapper(path: Path, text: str, account: pwd.struct_passwd) -> list[str]:
@@ -388,14 +396,8 @@ def _install_client(options: argparse.Namespace) -> int:
             raise Refusal(f"cannot read {wrapper}: {exc.strerror}") from None
         if not script:  # a compiled client there would run itself for ever
             raise Refusal(f"--wrapper {wrapper} is not the script install-wrapper writes")
-        notes = []
-        if options.user is None and not _exists(QMAIL_USER):
-            account = pwd.getpwuid(os.geteuid())
-            notes.append(f"no user {QMAIL_USER}: checking as {account.pw_name} (--user NAME)")
-        else:
-            account = _account(options.user or QMAIL_USER)
-        if not path.parent.is_dir():
-            raise Refusal(f"no directory {path.parent}: is qmail installed there?", USAGE_ERROR)
+        notes: list[str] = []
+        account = _checking_account(options.user, path, notes)
         notes += install_client(path, wrapper, account)
     except Refusal as exc:
         _say("install-client", str(exc))
