@@ -78,9 +78,19 @@ def submit(env: dict[str, str], message: bytes, envelope: bytes) -> tuple[int, b
 
 
 def cpu_of(pid: int) -> float:
-    """Seconds of CPU (user+sys) a live process has used (clock ticks: coarse, summed)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """Seconds of CPU (user+sys) a live process and its live children have used (clock
+    ticks: coarse, summed): a resident server's worker processes count as the server."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
+    except OSError:  # it ended meanwhile
+        return 0.0
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return own + sum(cpu_of(child) for child in children)
 
 
 def timed(run, server: int) -> tuple[float, float]:

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from clamav import Clamd  # noqa: E402 (the tests' helpers start the services)
+from measure import cpu_of  # noqa: E402 (the server's CPU, its workers included)
 from nameserver import Nsd  # noqa: E402
 
 MESSAGE = (
@@ -64,7 +65,7 @@ def per_message(
     """Milliseconds of wall time, of CPU (children's user+sys) and of the ``server``'s CPU (its
     processes': the workers too) per run; each run must exit with ``code``."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    served = tree_cpu(server) if server else 0.0
+    served = cpu_of(server) if server else 0.0
     started = time.perf_counter()
     for _ in range(runs):
         if submit(command, env) != code:
@@ -72,24 +73,8 @@ def per_message(
     wall = (time.perf_counter() - started) / runs * 1000
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / runs * 1000
-    server_cpu = (tree_cpu(server) - served) / runs * 1000 if server else 0.0
+    server_cpu = (cpu_of(server) - served) / runs * 1000 if server else 0.0
     return wall, cpu, server_cpu
-
-
-def tree_cpu(pid: int) -> float:
-    """Seconds of CPU (user+sys) a live process and its live children have used (clock
-    ticks: coarse, summed over many runs)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        children = [
-            int(child)
-            for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()
-        ]
-    except OSError:  # it ended meanwhile
-        return 0.0
-    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return own + sum(tree_cpu(child) for child in children)
 
 
 def sustained(command: list[str], env: dict[str, str], total: int, senders: int) -> float:
