@@ -23,8 +23,6 @@ into the repository: the source is unpacked in a scratch directory inside the ca
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -35,7 +33,7 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,8 +127,12 @@ def build(qmail_home: Path, *, rebuild: bool = False) -> Simscan:
         "uid": pwd.getpwnam(USER).pw_uid,
         "gid": pwd.getpwnam(USER).pw_gid,
     }
-    with _locked(cache / "build.lock"):
-        if not rebuild and _read_marker(marker) == wanted and (home / "bin" / "simscan").exists():
+    with realqmail.locked(cache / "build.lock"):
+        if (
+            not rebuild
+            and realqmail.read_marker(marker) == wanted
+            and (home / "bin" / "simscan").exists()
+        ):
             return Simscan(home)
         marker.unlink(missing_ok=True)
         started = time.monotonic()
@@ -144,25 +146,6 @@ def build(qmail_home: Path, *, rebuild: bool = False) -> Simscan:
 def build_seconds(simscan: Simscan) -> float:
     """How long the cached build took when it was made."""
     return float(json.loads((simscan.home.parent / "built").read_text())["seconds"])
-
-
-def _read_marker(marker: Path) -> dict[str, object] | None:
-    try:
-        record = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return None
-    record.pop("seconds", None)
-    return record
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with open(path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _build(source: Path, cache: Path, home: Path, qmail_home: Path) -> None:

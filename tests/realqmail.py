@@ -155,8 +155,8 @@ def qmail_home(*, rebuild: bool = False) -> Path:
     marker = cache / "built"
     wanted = _identity(home)
     rebuild = rebuild or bool(os.environ.get("REALQMAIL_REBUILD"))
-    with _locked(cache / "build.lock"):
-        if not rebuild and _read_marker(marker) == wanted:
+    with locked(cache / "build.lock"):
+        if not rebuild and read_marker(marker) == wanted:
             return home
         marker.unlink(missing_ok=True)
         started = time.monotonic()
@@ -187,7 +187,8 @@ def _identity(home: Path) -> dict[str, object]:
     }
 
 
-def _read_marker(marker: Path) -> dict[str, object] | None:
+def read_marker(marker: Path) -> dict[str, object] | None:
+    """A build's marker without its timing: None when there is none (or half of one)."""
     try:
         record = json.loads(marker.read_text())
     except (OSError, ValueError):
@@ -197,7 +198,8 @@ def _read_marker(marker: Path) -> dict[str, object] | None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
+    """``path`` flock'd for the block: one build (or one user of a queue) at a time."""
     with open(path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -305,7 +307,7 @@ def exclusive(home: Path) -> Iterator[Path]:
     """Hold ``home``'s queue for this process: another test run (or a benchmark) that uses the
     same build waits until it is released, and so does a rebuild. Tests empty the queue inside
     it. Call ``qmail_home`` before, not inside it (a rebuild takes the same lock)."""
-    with _locked(home.parent / "queue.lock"):
+    with locked(home.parent / "queue.lock"):
         yield home
 
 
