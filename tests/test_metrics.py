@@ -36,14 +36,19 @@ class Watched(Resident):
 
     def scrape(self) -> dict[tuple[str, frozenset], float]:
         """Every sample: (name, its labels) -> value."""
-        with urllib.request.urlopen(self.url, timeout=5) as response:
-            assert response.status == 200
-            text = response.read().decode()
-        return {
-            (sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
+        return scrape(self.url)
+
+
+def scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    """Every sample of the metrics page at ``url``: (name, its labels) -> value."""
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

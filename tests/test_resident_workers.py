@@ -18,12 +18,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from conftest import QQFILTER, Resident, assert_clean_failure, envelope
-from prometheus_client.parser import text_string_to_metric_families
+from test_metrics import scrape, value
 
 ENV = envelope(b"alice@example.com", b"bob@example.org")
 PLAIN = b"Subject: hi\n\nhello\n"
@@ -71,21 +70,6 @@ def in_background(function) -> dict:
     thread.start()
     result["thread"] = thread
     return result
-
-
-def scrape(url: str) -> dict[tuple[str, frozenset], float]:
-    """Every sample of the metrics page: (name, its labels) -> value."""
-    with urllib.request.urlopen(url, timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 @pytest.fixture
