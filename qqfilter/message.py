@@ -49,15 +49,18 @@ class Connection:
 class Message:
     """One message under inspection. Checks read it; none of them changes it.
 
-    Like every record on the queue path, a hand-written ``__slots__`` class: ``dataclasses``
-    costs about 10 ms of start-up, paid by every message."""
+    ``facts`` holds what one check worked out for a later one, under the first one's NAME:
+    SPF's result, which DMARC aligns with; the DKIM signatures, verified once for the DKIM
+    and DMARC checks both. Like every record on the queue path, a hand-written ``__slots__``
+    class: ``dataclasses`` costs about 10 ms of start-up, paid by every message."""
 
-    __slots__ = ("connection", "envelope", "spool")
+    __slots__ = ("connection", "envelope", "facts", "spool")
 
     def __init__(self, spool: Spool, envelope: Envelope, connection: Connection) -> None:
         self.spool = spool
         self.envelope = envelope
         self.connection = connection
+        self.facts: dict[str, object] = {}
 
     @property
     def size(self) -> int:

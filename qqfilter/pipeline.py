@@ -49,7 +49,12 @@ def evaluate(message: Message, settings: Settings) -> Verdict:
         findings.append(finding)
         if finding.outcome == Finding.REFUSE:
             break
-    verdict = judge(findings, settings)
+    authserv_id = ""
+    if any(finding.results for finding in findings):
+        from qqfilter.shared import authres
+
+        authserv_id = authres.authserv_id(settings, message.connection)
+    verdict = judge(findings, settings, authserv_id)
     if observer is not None:
         observer.judged(verdict)
     return verdict

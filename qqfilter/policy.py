@@ -90,12 +90,14 @@ class Verdict:
         )
 
 
-def judge(findings: list[Finding], settings: Settings) -> Verdict:
+def judge(findings: list[Finding], settings: Settings, authserv_id: str = "") -> Verdict:
     """The verdict for ``findings``.
 
     QQF_DROP turns refusals of its categories into drops; QQF_SCANERROR =
     "accept" lets a virus scan that could not decide through (its finding explains the
     accept, and its headers mark the message). Clean findings with a reason become notes.
+    The findings' ``results`` make one Authentication-Results field for ``authserv_id``,
+    where the first finding with results put its headers.
     """
     notes = tuple(
         f"{f.check}: {f.reason}" for f in findings if f.outcome == Finding.CLEAN and f.reason
@@ -108,11 +110,26 @@ def judge(findings: list[Finding], settings: Settings) -> Verdict:
     for finding in unknown:
         if not (finding.category == "virus" and settings[SCANERROR] == "accept"):
             return Verdict.from_finding(TEMPFAIL, finding, notes=notes)
-    headers = tuple(field for finding in findings for field in finding.headers)
+    headers = _headers(findings, authserv_id)
     edits = _apart(edit for finding in findings for edit in finding.edits)
     if unknown:
         return Verdict.from_finding(ACCEPT, unknown[0], headers=headers, notes=notes, edits=edits)
     return Verdict(ACCEPT, headers=headers, notes=notes, edits=edits)
+
+
+def _headers(findings: list[Finding], authserv_id: str) -> tuple[tuple[str, str], ...]:
+    """Every finding's header fields in order, and the one Authentication-Results field
+    after the fields of the first finding with results."""
+    results = tuple(result for finding in findings for result in finding.results)
+    headers: list[tuple[str, str]] = []
+    for finding in findings:
+        headers += finding.headers
+        if finding.results and results:
+            from qqfilter.shared import authres
+
+            headers.append(authres.field(authserv_id, results))
+            results = ()
+    return tuple(headers)
 
 
 def _apart(edits: Iterable[tuple[int, int, bytes]]) -> tuple[tuple[int, int, bytes], ...]:

@@ -11,9 +11,10 @@ from hypothesis import strategies as st
 
 from qqfilter import envelope, handoff
 from qqfilter.checks.spf.evaluation import RESULTS, Evaluation
-from qqfilter.checks.spf.fields import authentication_results, received_spf
+from qqfilter.checks.spf.fields import received_spf, spf_result
 from qqfilter.exitcodes import QueueError
 from qqfilter.headers import render
+from qqfilter.shared import authres
 from qqfilter.spool import Spool, anonymous_file, write_all
 
 EXAMPLES = int(os.environ.get("QQF_FUZZ_EXAMPLES", "0"))
@@ -75,7 +76,8 @@ def test_stamped_headers_are_well_formed_and_the_message_follows_unchanged(
         problem=problem,
         mechanism=mechanism,
     )
-    block = render([received_spf(stamped, receiver), authentication_results(stamped, receiver)])
+    stamps = [received_spf(stamped, receiver), authres.field(receiver, (spf_result(stamped),))]
+    block = render(stamps)
     lines = block.split(b"\n")
     assert lines[-1] == b""
     assert all(len(line) <= 998 for line in lines)

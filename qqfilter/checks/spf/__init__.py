@@ -15,8 +15,10 @@ level 6 refuses it, as shared/DESIGN.md describes s/qmail. Mail from RELAYCLIENT
 mail injected locally (no TCPREMOTEIP) is not evaluated, and the log line says so.
 
 Its helpers: evaluation.py (pyspf over our resolver, under one deadline), fields.py (the
-Received-SPF and Authentication-Results fields). The resolver (QQF_DNS) and the reading of
-qmail-smtpd's Received line are shared building blocks (qqfilter.shared).
+Received-SPF field and the spf= result). The resolver (QQF_DNS), the reading of qmail-smtpd's
+Received line and the one Authentication-Results field are shared building blocks
+(qqfilter.shared). The result is evaluated once per message (``evaluated``): DMARC aligns
+with it, and evaluates it through here when SPF itself is off.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, seconds
+from qqfilter.shared import authres
 from qqfilter.shared.resolver import DNS
 
 TYPE_CHECKING = False
@@ -66,6 +69,7 @@ PRELOAD = (
     "spf",
     "qqfilter.shared.resolver",
     "qqfilter.shared.received",
+    "qqfilter.shared.authres",
     "qqfilter.checks.spf.evaluation",
     "qqfilter.checks.spf.fields",
 )
@@ -87,11 +91,12 @@ def check(message: Message, settings: Settings) -> Finding | None:
         return Finding(NAME, Finding.CLEAN, "skipped: RELAYCLIENT")
     if not connection.remote_ip:
         return Finding(NAME, Finding.CLEAN, "skipped: local injection")
-    receiver = _receiver(settings, connection.local_host)
-    result = _evaluate(message, connection.remote_ip, settings, receiver)
-    from qqfilter.checks.spf.fields import authentication_results, received_spf
+    receiver = authres.authserv_id(settings, connection)
+    result = evaluated(message, settings, connection.remote_ip, receiver)
+    from qqfilter.checks.spf.fields import received_spf, spf_result
 
-    headers = (received_spf(result, receiver), authentication_results(result, receiver))
+    headers = (received_spf(result, receiver),)
+    results = (spf_result(result),)
     if level >= REFUSED_FROM.get(result.result, 99):
         return Finding(
             NAME,
@@ -101,6 +106,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
             status="5.7.23",
             detail=_detail(result),
             headers=headers,
+            results=results,
         )
     if level >= DEFERRED_FROM.get(result.result, 99):
         return Finding(
@@ -110,8 +116,18 @@ def check(message: Message, settings: Settings) -> Finding | None:
             status="4.7.24",
             detail=_detail(result),
             headers=headers,
+            results=results,
         )
-    return Finding(NAME, Finding.CLEAN, _detail(result), headers=headers)
+    return Finding(NAME, Finding.CLEAN, _detail(result), headers=headers, results=results)
+
+
+def evaluated(message: Message, settings: Settings, remote_ip: str, receiver: str) -> Evaluation:
+    """SPF's result for ``message`` from the client at ``remote_ip`` (evaluated once per
+    message, kept in its facts)."""
+    result = message.facts.get(NAME)
+    if result is None:
+        result = message.facts[NAME] = _evaluate(message, remote_ip, settings, receiver)
+    return result  # type: ignore[return-value]
 
 
 def _evaluate(message: Message, remote_ip: str, settings: Settings, receiver: str) -> Evaluation:
@@ -148,18 +164,6 @@ def _evaluate(message: Message, remote_ip: str, settings: Settings, receiver: st
         local_rules=local_rules,
         explanation=explanation,
     )
-
-
-def _receiver(settings: Settings, local_host: str | None) -> str:
-    """The receiving host's name: control/me, else TCPLOCALHOST, else the host name."""
-    me = control.first_line(settings[QMAILHOME], "me")
-    if me:
-        return me
-    if local_host:
-        return local_host
-    import socket
-
-    return socket.gethostname()
 
 
 def _words(result: Evaluation) -> str:

@@ -1,19 +1,19 @@
-"""The Received-SPF (RFC 7208 section 9.1) and Authentication-Results (RFC 8601) fields.
+"""The Received-SPF field (RFC 7208 section 9.1) and the spf= result (RFC 8601).
 
 Every value that came from the client or from DNS (HELO name, sender, explanation, problem)
 is quoted where it is not a plain token, has its quotes and backslashes escaped, anything
 outside printable ASCII replaced by ``?``, and is cut at 255 characters; comments lose their
-parentheses. So no HELO name or sender can end a line, start a field, or break the syntax.
-headers.render then folds the lines.
+parentheses (shared/authres, which the Authentication-Results field is made with). So no HELO
+name or sender can end a line, start a field, or break the syntax. headers.render then folds
+the lines.
 """
 
 import re
 
 from qqfilter.checks.spf.evaluation import Evaluation
+from qqfilter.shared.authres import MAX_VALUE, comment_text, quoted, resinfo
 
-MAX_VALUE = 255
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
 
 
 def received_spf(result: Evaluation, receiver: str) -> tuple[str, str]:
@@ -29,17 +29,15 @@ def received_spf(result: Evaluation, receiver: str) -> tuple[str, str]:
     pairs.append(("receiver", receiver))
     pairs.append(("identity", result.identity))
     fields = "; ".join(f"{key}={_key_value(key, value)}" for key, value in pairs)
-    comment = _comment(f"{receiver}: {_explain(result)}")
+    comment = comment_text(f"{receiver}: {_explain(result)}")
     return "Received-SPF", f"{result.result} ({comment}) {fields}"
 
 
-def authentication_results(result: Evaluation, authserv_id: str) -> tuple[str, str]:
-    """The Authentication-Results field for ``result`` as (name, value)."""
+def spf_result(result: Evaluation) -> str:
+    """The spf= result for the Authentication-Results field."""
     if result.identity == "helo":
-        prop = f"smtp.helo={_value(result.helo)}"
-    else:
-        prop = f"smtp.mailfrom={_value(result.domain)}"
-    return "Authentication-Results", f"{_value(authserv_id)}; spf={result.result} {prop}"
+        return resinfo("spf", result.result, properties=(("smtp.helo", result.helo),))
+    return resinfo("spf", result.result, properties=(("smtp.mailfrom", result.domain),))
 
 
 def _explain(result: Evaluation) -> str:
@@ -56,28 +54,8 @@ def _explain(result: Evaluation) -> str:
     }[result.result]
 
 
-def _printable(value: str) -> str:
-    value = value[:MAX_VALUE]
-    return "".join(c if " " <= c <= "~" else "?" for c in value)
-
-
-def _comment(text: str) -> str:
-    return "".join("?" if c in "()\\" else c for c in _printable(text))
-
-
-def _quoted(value: str) -> str:
-    return '"' + _printable(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _key_value(key: str, value: str) -> str:
     """RFC 7208: dot-atom or quoted-string; addresses and mechanisms are always quoted."""
     if key in ("client-ip", "helo", "receiver", "identity") and _DOT_ATOM.fullmatch(value):
         return value[:MAX_VALUE]
-    return _quoted(value)
-
-
-def _value(value: str) -> str:
-    """RFC 8601 ``value``: a MIME token, else a quoted-string."""
-    if _TOKEN.fullmatch(value) and len(value) <= MAX_VALUE:
-        return value
-    return _quoted(value)
+    return quoted(value)

@@ -1,0 +1,81 @@
+"""The one Authentication-Results field (RFC 8601) the authentication checks share.
+
+SPF, DKIM, ARC and DMARC each find a result about the same message, and a reader (a mail
+client, a filter rule, DMARC reports) expects them in one field under one authserv-id. So a
+check does not stamp the field itself: its Finding carries its ``results`` (method results,
+``spf=pass smtp.mailfrom=example.org``, made with ``resinfo``), and policy renders the one
+field from all of them, in the checks' order, where the first of them stood.
+
+Every value that came from the client or from DNS (a domain, a selector, a problem) goes
+through ``value``: a MIME token stays as it is, anything else becomes a quoted-string with
+its quotes and backslashes escaped, characters outside printable ASCII become ``?``, and it
+is cut at MAX_VALUE; comments lose their parentheses. So no HELO name, sender, From field or
+signature can end a line, start a field or break the syntax. headers.render folds the line.
+"""
+
+from __future__ import annotations
+
+import re
+
+from qqfilter import control
+from qqfilter.settings import QMAILHOME, Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.message import Connection
+
+NAME = "Authentication-Results"
+MAX_VALUE = 255
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
+
+
+def authserv_id(settings: Settings, connection: Connection) -> str:
+    """The receiving host's name: control/me, else TCPLOCALHOST, else the host name (also
+    the receiver of SPF's Received-SPF field)."""
+    me = control.first_line(settings[QMAILHOME], "me")
+    if me:
+        return me
+    if connection.local_host:
+        return connection.local_host
+    import socket
+
+    return socket.gethostname()
+
+
+def field(server: str, results: tuple[str, ...]) -> tuple[str, str]:
+    """The field for ``results`` (each a resinfo), as (name, value)."""
+    return NAME, "; ".join((value(server), *results))
+
+
+def resinfo(
+    method: str, result: str, comment: str = "", properties: tuple[tuple[str, str], ...] = ()
+) -> str:
+    """One method result: ``dkim=pass (comment) header.d=example.org``; properties with an
+    empty value are left out."""
+    words = [f"{method}={result}"]
+    if comment:
+        words.append(f"({comment_text(comment)})")
+    words += [f"{name}={value(text)}" for name, text in properties if text]
+    return " ".join(words)
+
+
+def printable(text: str) -> str:
+    """``text`` cut at MAX_VALUE, anything outside printable ASCII as ``?``."""
+    return "".join(c if " " <= c <= "~" else "?" for c in text[:MAX_VALUE])
+
+
+def comment_text(text: str) -> str:
+    """``text`` fit for a comment: no parentheses or backslashes."""
+    return "".join("?" if c in "()\\" else c for c in printable(text))
+
+
+def quoted(text: str) -> str:
+    """``text`` as a quoted-string."""
+    return '"' + printable(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def value(text: str) -> str:
+    """RFC 8601 ``value``: a MIME token, else a quoted-string."""
+    if _TOKEN.fullmatch(text) and len(text) <= MAX_VALUE:
+        return text
+    return quoted(text)
