@@ -13,11 +13,11 @@ Its units, each off by default and set per connection like every setting:
 This package declares no NAME: it is a family (qqfilter.checks). What the units share is here:
 who the client is (``client``: its address, HELO name and host name, read once the way SPF
 reads them), when a unit does not judge at all (``judged``: RELAYCLIENT, local injection, a
-client on a QQF_DNSWL allow list), the DNS questions (``Lookups``: one deadline, QQF_DNSTIMEOUT,
-for all the lookups of one unit; every failure is ``Undecided``, never an answer), the
-reversed names of the DNS lists, and whether a domain is one of ours (``ours``, as qmail's
-rcpthosts and morercpthosts.cdb say). Each unit lists SHARED in its SETTINGS, the same row
-objects, so settings.load reads each once.
+client on a QQF_DNSWL allow list), the DNS questions (``lookups_for``: shared/lookups under
+one deadline, QQF_DNSTIMEOUT, for all the lookups of one unit; every failure is ``Undecided``,
+never an answer), the reversed names of the DNS lists, and whether a domain is one of ours
+(``ours``, as qmail's rcpthosts and morercpthosts.cdb say). Each unit lists SHARED in its
+SETTINGS, the same row objects, so settings.load reads each once.
 
 A lookup that cannot be done never refuses: helo, sender and rdns make it "could not decide"
 (451, the client tries again, as s/qmail answers "451 DNS temporary failure"); dnsbl accepts
@@ -32,12 +32,8 @@ from qqfilter import control
 from qqfilter.checks import Finding
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, seconds
-from qqfilter.shared import dnsimport
+from qqfilter.shared.lookups import Lookups, Undecided
 from qqfilter.shared.resolver import DNS
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    import dns.resolver
 
 
 class Zone:
@@ -200,119 +196,12 @@ SHARED = (DNS, DNSTIMEOUT, DNSWL)
 DNS_LATER = "4.4.3"
 """The enhanced status of "could not decide" for a DNS lookup that could not be done (RFC 3463:
 directory server failure); s/qmail answers ``451 DNS temporary failure``."""
-MAX_MX_HOSTS = 10
-"""MX hosts (by preference) asked for an address before "none has one": the domain's to set."""
 
 
-class Undecided(Exception):
-    """A DNS question that got no answer (timeout, SERVFAIL, no server, the deadline passed):
-    the text says which question and why."""
-
-
-class Lookups:
-    """The DNS questions of one unit for one message: all under one deadline (QQF_DNSTIMEOUT)
-    and through the project's resolver (QQF_DNS, its cache in a resident server).
-
-    ``ask`` returns the records' texts (``[]`` when the name or the type does not exist) or
-    raises Undecided; nothing from dnspython escapes."""
-
-    __slots__ = ("deadline", "resolver")
-
-    def __init__(self, settings: Settings) -> None:
-        import time
-
-        self.deadline = time.monotonic() + settings[DNSTIMEOUT]
-        self.resolver: dns.resolver.Resolver | None = None
-        from qqfilter.shared.resolver import make_resolver
-
-        try:
-            self.resolver = make_resolver(settings[DNS])
-        except OSError as exc:
-            raise Undecided(str(exc)) from None
-
-    def ask(self, name: str, qtype: str) -> list[str]:
-        """The texts of ``name``'s ``qtype`` records: an address for A/AAAA, ``pref host``
-        for MX (host without its final dot), a host for PTR."""
-        import time
-
-        dnsimport.prepare()
-        import dns.exception
-        import dns.name
-        import dns.resolver
-
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise Undecided(f"DNS deadline passed before {qtype} {name}")
-        assert self.resolver is not None
-        try:
-            answers = self.resolver.resolve(name, qtype, lifetime=left, search=False)
-        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
-            return []
-        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
-            return []  # a name that cannot exist has no records
-        except dns.exception.Timeout:
-            raise Undecided(f"DNS timeout looking up {qtype} {name}") from None
-        except dns.resolver.NoNameservers:
-            raise Undecided(f"DNS servers failed for {qtype} {name}") from None
-        except dns.exception.DNSException as exc:
-            raise Undecided(f"DNS error for {qtype} {name}: {type(exc).__name__}") from None
-        found = []
-        for rdata in answers:
-            if qtype in ("A", "AAAA"):
-                found.append(rdata.address)
-            elif qtype == "MX":
-                found.append(f"{rdata.preference} {rdata.exchange.to_text(True)}")
-            elif qtype == "PTR":
-                found.append(rdata.target.to_text(True))
-            else:
-                found.append(rdata.to_text())
-        return found
-
-    def addresses(self, name: str) -> list[str]:
-        """The A and AAAA addresses of ``name`` (Undecided if either question failed)."""
-        return self.ask(name, "A") + self.ask(name, "AAAA")
-
-    def has_address(self, name: str) -> bool:
-        """Whether ``name`` has an A or an AAAA record; Undecided only when it has neither
-        and one of the questions failed."""
-        failed: Undecided | None = None
-        for qtype in ("A", "AAAA"):
-            try:
-                if self.ask(name, qtype):
-                    return True
-            except Undecided as exc:
-                failed = failed or exc
-        if failed is not None:
-            raise failed
-        return False
-
-    def exchanger(self, name: str) -> tuple[str, str]:
-        """What djbdns's dns_mxip (s/qmail's dnsq "M") finds for ``name``: ("mx", host) for
-        an MX host with an address, ("address", name) for no MX but an address of its own,
-        ("null", "") for a null MX (RFC 7505: ``MX 0 .``), ("mx without address", "") and
-        ("none", ""). Raises Undecided when nothing was found and a lookup failed."""
-        records = []
-        for text in self.ask(name, "MX"):
-            preference, _, host = text.partition(" ")
-            records.append((int(preference) if preference.isdigit() else 65535, host.lower()))
-        if not records:
-            return ("address", name) if self.has_address(name) else ("none", "")
-        hosts: list[str] = []
-        for _preference, host in sorted(records):
-            if host not in (".", "") and host not in hosts:
-                hosts.append(host)
-        if not hosts:
-            return "null", ""
-        failed: Undecided | None = None
-        for host in hosts[:MAX_MX_HOSTS]:
-            try:
-                if self.has_address(host):
-                    return "mx", host
-            except Undecided as exc:
-                failed = failed or exc  # another host may still have an address
-        if failed is not None:
-            raise failed
-        return "mx without address", ""
+def lookups_for(settings: Settings) -> Lookups:
+    """The DNS questions of one unit for one message, under QQF_DNSTIMEOUT (raises
+    Undecided when there is no resolver to ask)."""
+    return Lookups(settings[DNS], settings[DNSTIMEOUT])
 
 
 class Client:
@@ -380,12 +269,12 @@ def allowlisted(ip: str, settings: Settings) -> str:
     if not zones:
         return ""
     try:
-        lookups = Lookups(settings)
+        asker = lookups_for(settings)
     except Undecided:
         return ""
     for zone in zones:
         try:
-            if listing(lookups, ip, zone):
+            if listing(asker, ip, zone):
                 return zone.zone
         except Undecided:
             continue

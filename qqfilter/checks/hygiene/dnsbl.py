@@ -38,6 +38,7 @@ from qqfilter.checks.hygiene import (
     Zone,
     judged,
     listing,
+    lookups_for,
     reversed_name,
     zone_list,
 )
@@ -194,7 +195,7 @@ def _lists(ip: str, zones: tuple[Zone, ...], settings: Settings) -> Finding:
     silent: list[tuple[Zone, str]] = []
     lookups: Lookups | None = None
     try:
-        lookups = Lookups(settings)
+        lookups = lookups_for(settings)
     except Undecided as exc:
         silent = [(zone, str(exc)) for zone in zones]
     if lookups is not None:
@@ -271,36 +272,10 @@ def _shown(
             records = lookups.ask(f"{name}.{zone.zone}", "TXT")
         except Undecided:
             continue  # no text from this one (once the deadline is spent, from none)
-        text = printable(" ".join(txt_text(record) for record in records), TXT_MAX)
+        text = printable(" ".join(records), TXT_MAX)
         if text:
             return zone, answers, text
     return hits[0][0], hits[0][1], ""
-
-
-def txt_text(record: str) -> str:
-    """The text of a TXT record as dnspython writes it (``"a" "b\\"c\\010"``): its strings,
-    unquoted and unescaped, joined as rblsmtpd joins them (without a space); bytes that are
-    not ASCII become ``?``."""
-    out: list[str] = []
-    quoted = False
-    at = 0
-    while at < len(record):
-        char = record[at]
-        at += 1
-        if char == '"':
-            quoted = not quoted
-        elif char == "\\" and at < len(record):
-            digits = record[at : at + 3]
-            if len(digits) == 3 and digits.isdigit():
-                number = int(digits)
-                out.append(chr(number) if number < 128 else "?")
-                at += 3
-            else:
-                out.append(record[at])
-                at += 1
-        elif quoted:
-            out.append(char)
-    return "".join(out)
 
 
 def printable(text: str, limit: int) -> str:

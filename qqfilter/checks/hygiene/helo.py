@@ -38,9 +38,9 @@ from qqfilter.checks.hygiene import (
     DNS_LATER,
     SHARED,
     Client,
-    Lookups,
     Undecided,
     judged,
+    lookups_for,
     our_name,
     qmailhome,
 )
@@ -314,7 +314,7 @@ def _answers(helo: str, mode: str, settings: Settings) -> bool:
         return True
     if len(name) > NAME_MAX or not _dns_name(name):
         return False
-    lookups = Lookups(settings)
+    lookups = lookups_for(settings)
     if mode == "A":
         return lookups.has_address(name)
     return lookups.exchanger(name)[0] in ("mx", "address")

@@ -24,7 +24,7 @@ RELAYCLIENT, local injection and a client on a QQF_DNSWL list are not judged (th
 from __future__ import annotations
 
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, judged
+from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, judged, lookups_for
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings, choice
 
@@ -83,7 +83,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
         )
     ip = str(address)
     try:
-        lookups = Lookups(settings)
+        lookups = lookups_for(settings)
         names = _ptr_names(lookups, address)
     except Undecided as exc:
         return _undecided(ip, str(exc))

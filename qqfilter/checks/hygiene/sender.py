@@ -30,7 +30,15 @@ from __future__ import annotations
 
 from qqfilter import control
 from qqfilter.checks import Finding
-from qqfilter.checks.hygiene import DNS_LATER, SHARED, Lookups, Undecided, judged, our_name, ours
+from qqfilter.checks.hygiene import (
+    DNS_LATER,
+    SHARED,
+    Undecided,
+    judged,
+    lookups_for,
+    our_name,
+    ours,
+)
 from qqfilter.message import Message
 from qqfilter.settings import QMAILHOME, Setting, Settings, choice
 
@@ -223,7 +231,7 @@ def _mail_exchanger(sender: str, settings: Settings, home: str) -> Finding:
             f"sender domain {shown} is not a valid domain name", "not a DNS name: not asked"
         )
     try:
-        kind, host = Lookups(settings).exchanger(name)
+        kind, host = lookups_for(settings).exchanger(name)
     except Undecided as exc:
         return Finding(
             NAME,
