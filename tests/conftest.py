@@ -78,6 +78,19 @@ def assert_clean_failure(out: Outcome, code: int) -> None:
     assert not out.queued
 
 
+def added_fields(out, original: bytes) -> list[tuple[str, str]]:
+    """The fields qqfilter put above ``original``, unfolded, in order."""
+    assert out.message.endswith(original), out.stderr
+    added = out.message[: len(out.message) - len(original)].decode("ascii")
+    unfolded = added.replace("\n\t", " ")
+    return [tuple(line.split(": ", 1)) for line in unfolded.splitlines()]  # type: ignore[misc]
+
+
+def added_headers(out, original: bytes) -> dict[str, str]:
+    """The fields qqfilter put above ``original``, unfolded, by name."""
+    return dict(added_fields(out, original))
+
+
 class Harness:
     """One test's world: a spool directory, a stand-in qmail-queue and its record directory."""
 

@@ -18,21 +18,29 @@ NSD = shutil.which("nsd") or "/usr/sbin/nsd"
 
 
 class Nsd:
-    """One nsd (with its helper processes, in a process group of their own) on 127.0.0.1."""
+    """One nsd (with its helper processes, in a process group of their own) on 127.0.0.1,
+    serving fixtures/zones and ``extra`` zones (name -> zone file text) made by a test;
+    ``also`` more addresses to listen on (``127.0.0.9@53``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, extra: dict[str, str] | None = None, also: tuple[str, ...] = ()) -> None:
         if not os.path.exists(NSD):
             raise RuntimeError("nsd not found: apt-get install nsd (see .ci/run)")
         self.dir = Path(tempfile.mkdtemp(prefix="qqf-nsd-"))
         self.port = free_port()
+        paths = sorted(ZONES.glob("*.zone"))
+        for name, text in (extra or {}).items():
+            path = self.dir / f"{name}.zone"
+            path.write_text(text)
+            paths.append(path)
         zones = "".join(
             f"zone:\n  name: {path.name.removesuffix('.zone')}\n  zonefile: {path}\n"
-            for path in sorted(ZONES.glob("*.zone"))
+            for path in paths
         )
+        listen = "".join(f"  ip-address: {address}\n" for address in also)
         config = self.dir / "nsd.conf"
         config.write_text(
             "server:\n"
-            f"  ip-address: 127.0.0.1\n  port: {self.port}\n"
+            f"  ip-address: 127.0.0.1\n{listen}  port: {self.port}\n"
             '  username: ""\n  chroot: ""\n  database: ""\n'
             f'  pidfile: "{self.dir}/nsd.pid"\n'
             f'  xfrdfile: "{self.dir}/xfrd.state"\n'

@@ -6,7 +6,7 @@ import time
 
 import pytest
 from clamav import free_port
-from conftest import assert_clean_failure, envelope
+from conftest import added_headers, assert_clean_failure, envelope
 
 BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
 
@@ -44,18 +44,6 @@ def spf(qq, nsd_server):
 
     run.control = control
     return run
-
-
-def added_headers(out, original: bytes) -> dict[str, str]:
-    """The fields qqfilter put above ``original``, unfolded, by name."""
-    assert out.message.endswith(original), out.stderr
-    added = out.message[: len(out.message) - len(original)].decode("ascii")
-    unfolded = added.replace("\n\t", " ")
-    fields = {}
-    for line in unfolded.splitlines():
-        name, _, value = line.partition(": ")
-        fields[name] = value
-    return fields
 
 
 def dead_dns() -> str:

@@ -6,7 +6,8 @@ Stock qmail does not export the HELO name; qmail-smtpd writes it, through qmail'
     Received: from <remotehost> (HELO <helo>) (<remoteinfo>@<remoteip>)
 
 leaving ``(HELO ...)`` out when the HELO name equalled the remote host name (TCPREMOTEHOST, or
-"unknown"). A shared building block: SPF believes only the first line of a message it is
+"unknown"), and on the next line ``  by <me> with SMTP;``; the SMTP AUTH patches write the
+protocol as RFC 3848's ``ESMTPA`` (``ESMTPSA`` over TLS) after a successful AUTH. A shared building block: SPF believes only the first line of a message it is
 filtering, and only for the connection's address, so a line the client wrote further down can
 never be taken for it; ``qqfilter replay`` looks for the first such line anywhere in the
 headers of mail already received.
@@ -30,6 +31,9 @@ LINE = re.compile(
 remote host), 3 the remote address."""
 
 
+_AUTHENTICATED = re.compile(rb"  by [^\r\n]* with (?:ESMTP|UTF8SMTP)S?A;", re.IGNORECASE)
+
+
 def client(match: re.Match[bytes]) -> tuple[str, str]:
     """(address, HELO name) of a match of LINE."""
     helo = match.group(2) if match.group(2) is not None else match.group(1)
@@ -44,3 +48,13 @@ def helo_from_message(spool: Spool, remote_ip: str) -> str | None:
         return None
     address, helo = client(match)
     return helo if address == remote_ip else None
+
+
+def authenticated_session(spool: Spool, remote_ip: str) -> bool:
+    """Whether qmail-smtpd's line at the top of ``spool`` (for ``remote_ip``) says the client
+    authenticated (``with ESMTPA``)."""
+    head = spool.read(0, HEAD)
+    match = LINE.match(head)
+    if not match or client(match)[0] != remote_ip:
+        return False
+    return _AUTHENTICATED.match(head, match.end()) is not None

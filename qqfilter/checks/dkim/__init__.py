@@ -1,0 +1,137 @@
+"""DKIM, ARC and DMARC: a family of three check units, and what they share.
+
+- ``dkim`` (verify/, QQF_DKIM=verify): every DKIM signature of inbound mail (RFC 6376) and
+  its ARC chain (RFC 8617), into the Authentication-Results field (``dkim=``, ``arc=``);
+- ``dmarc`` (dmarc/, QQF_DMARC=stamp|enforce): the From domain's DMARC policy (RFC 7489),
+  aligned with SPF's result and the DKIM signatures; at enforce, p=reject refuses
+  (Reject::DATA::DMARC) and p=quarantine marks the message;
+- ``dkimsign`` (sign/, QQF_DKIMSIGN=relayclient): signs outbound mail from relay clients and
+  authenticated senders with the From domain's key, in qmail-dkim's layout.
+
+This package declares no NAME: it is a family (qqfilter.checks). What the units share is
+here: the deadline for the DNS questions of each unit for one message (QQF_DKIMTIMEOUT,
+through shared/lookups and the project's resolver), the message's header section and its From
+domains, who counts as authenticated (``authenticated``: inbound checks skip such mail, the
+signer signs it), and the signatures verified once per message (``verified``: DMARC aligns
+with them whether or not QQF_DKIM is on). dkimpy (and with it PyNaCl for ed25519) is imported
+only for a message that carries a signature or is to be signed: mail without any pays nothing
+for it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from qqfilter.message import Message
+from qqfilter.settings import Setting, Settings, seconds
+from qqfilter.shared.resolver import DNS
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.checks.dkim.verify.signatures import Signature
+
+DKIMTIMEOUT = Setting(
+    "dkimtimeout",
+    "QQF_DKIMTIMEOUT",
+    10.0,
+    seconds,
+    "seconds the DNS lookups of one message's DKIM and ARC check may take, and those of its "
+    "DMARC check; then the result is temperror",
+)
+SHARED = (DNS, DKIMTIMEOUT)
+"""The rows all three units own (the same objects, so settings.load reads each once)."""
+
+HEAD_LIMIT = 1 << 20
+"""Bytes of the header section read for From fields and signatures: past that, none."""
+_FROM = re.compile(rb"^From[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.MULTILINE | re.IGNORECASE)
+_DKIM = re.compile(rb"^DKIM-Signature[ \t]*:", re.MULTILINE | re.IGNORECASE)
+_ARC = re.compile(rb"^ARC-(?:Seal|Message-Signature)[ \t]*:", re.MULTILINE | re.IGNORECASE)
+_DOMAIN = re.compile(r"(?=.{1,253}$)(?:(?!-)[a-z0-9_-]{1,63}(?<!-)\.)+[a-z0-9-]{1,63}")
+MAX_FROM_DOMAINS = 4
+"""Distinct From domains judged: a message with more is judged on the first ones."""
+
+
+def head(message: Message) -> bytes:
+    """The message's header section (without the blank line), at most HEAD_LIMIT bytes."""
+    data = message.spool.read(0, HEAD_LIMIT)
+    if data.startswith((b"\n", b"\r\n")):
+        return b""
+    end = data.find(b"\n\n")
+    crlf = data.find(b"\r\n\r\n")
+    if crlf >= 0 and (end < 0 or crlf < end):
+        end = crlf
+    return data if end < 0 else data[:end]
+
+
+def has_signature(header: bytes) -> bool:
+    """Whether the header section holds a DKIM-Signature or an ARC set."""
+    return _DKIM.search(header) is not None or _ARC.search(header) is not None
+
+
+def has_arc(header: bytes) -> bool:
+    """Whether the header section holds an ARC seal or message signature."""
+    return _ARC.search(header) is not None
+
+
+def from_domains(header: bytes) -> list[str]:
+    """The domains of the addresses in the From fields (RFC 5322.From), lower case, in ASCII
+    (IDNA), each once, at most MAX_FROM_DOMAINS: what a mail client shows as the author. A
+    name that is no domain is left out."""
+    texts = [match.group(1) for match in _FROM.finditer(header)]
+    if not texts:
+        return []
+    from email.utils import getaddresses
+
+    found: list[str] = []
+    values = [text.decode("utf-8", "replace").replace("\r", "").replace("\n", "") for text in texts]
+    for _name, address in getaddresses(values):
+        domain = address.rpartition("@")[2].strip().rstrip(".").lower() if "@" in address else ""
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            continue
+        if _DOMAIN.fullmatch(domain) and domain not in found:
+            found.append(domain)
+    return found[:MAX_FROM_DOMAINS]
+
+
+def valid_domain(name: str) -> bool:
+    """Whether ``name`` is a domain as from_domains gives them (lower case ASCII, no empty
+    label, within DNS limits): also a safe name for a directory."""
+    return bool(_DOMAIN.fullmatch(name))
+
+
+def authenticated(message: Message) -> str:
+    """Why this message counts as sent by one of ours ("" when it does not): RELAYCLIENT;
+    an SMTP AUTH user, as SMTPAUTHUSER says or qmail-smtpd's own Received line (``with
+    ESMTPA``: the AUTH patches that set only TCPREMOTEINFO, which alone may be the client's
+    own ident answer); or local injection (no TCPREMOTEIP)."""
+    connection = message.connection
+    environ = connection.environ or {}
+    if connection.relayclient:
+        return "RELAYCLIENT"
+    if environ.get("SMTPAUTHUSER"):
+        return "SMTP AUTH"
+    if not connection.remote_ip:
+        return "local injection"
+    from qqfilter.shared.received import authenticated_session
+
+    if authenticated_session(message.spool, connection.remote_ip):
+        return "SMTP AUTH"
+    return ""
+
+
+def verified(message: Message, settings: Settings) -> list[Signature]:
+    """Every DKIM signature of ``message``, verified (once per message: kept in its facts)."""
+    found = message.facts.get("dkim")
+    if found is None:
+        from qqfilter.checks.dkim.verify import signatures
+
+        header = head(message)
+        if _DKIM.search(header) is None:
+            found = []
+        else:
+            data = message.spool.read(0, message.spool.size)
+            found = signatures.verify(data, settings[DNS], settings[DKIMTIMEOUT])
+        message.facts["dkim"] = found
+    return found  # type: ignore[return-value]
