@@ -6,7 +6,8 @@
 #
 #   --dev            editable install with the test tools (pytest, ruff, mypy), and the Debian
 #                    packages the tests run for real (clamd, clamdscan, nsd, ripmime, archivers,
-#                    daemontools) if missing; without it too, libarchive13 (Debian) if missing
+#                    daemontools, opendkim) if missing; without it too, libarchive13 (Debian) if
+#                    missing
 #   --qmail          also write DIR/bin/qqfilter (qmail home, default /var/qmail), the Python
 #                    wrapper, and with a C compiler ($CC, else cc) DIR/bin/qqfilter-queue, the
 #                    compiled client (no Python start-up per message in resident mode): the
@@ -172,7 +173,7 @@ fi
 run_packages=(libarchive13)
 test_packages=(clamav-daemon clamdscan nsd ripmime
   7zip gcab arj libarchive-tools genisoimage udftools bzip2 xz-utils zstd
-  spamassassin spamd rspamd daemontools build-essential)
+  spamassassin spamd rspamd daemontools build-essential opendkim)
 packages=()
 # a venv needs ensurepip, which Debian keeps in python3-venv
 if { [ -n "$remake" ] || [ ! -e "$venv/pyvenv.cfg" ]; } && ! "$python" -c 'import ensurepip' 2>/dev/null
@@ -192,6 +193,7 @@ if [ "$dev" = 1 ]; then
   command -v ripmime >/dev/null || missing=1
   [ -x /usr/sbin/spamd ] || command -v spamd >/dev/null || missing=1
   [ -x /usr/bin/rspamd ] || command -v rspamd >/dev/null || missing=1
+  [ -x /usr/sbin/opendkim ] || command -v opendkim >/dev/null || missing=1
   for tool in 7zz gcab arj bsdtar genisoimage bzip2 xz zstd cc make; do
     command -v "$tool" >/dev/null || missing=1
   done

@@ -20,10 +20,13 @@ def test_the_checks_run_in_their_declared_order():
         "sender",
         "mime",
         "spf",
+        "dkim",
+        "dmarc",
         "clamd",
         "qhpsi",
         "spamd",
         "rspamd",
+        "dkimsign",
     ]
     orders = [unit.order for unit in units()]
     assert orders == sorted(orders)

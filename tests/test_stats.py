@@ -535,7 +535,7 @@ def test_groups_per_period_in_json_and_text(tmp_path):
         f"{second:<17} {'recipient':<11} failed 1",
         f"{second:<17} {'data':<11} virus 1",
         f"{'all':<17} {'sender':<11} client 0  helo 1",
-        f"{'all':<17} {'originator':<11} bad 0  dns 0  spf 0",
+        f"{'all':<17} {'originator':<11} bad 0  dns 0  spf 0  dmarc 0",
         f"{'all':<17} {'recipient':<11} bad 0  failed 1",
         f"{'all':<17} {'base64':<11} mime 0  loader 0",
         f"{'all':<17} {'data':<11} virus 1  spam 2  attachment 0  size 0",

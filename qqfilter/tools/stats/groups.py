@@ -72,7 +72,8 @@ GROUPS: tuple[Group, ...] = (
     Group(
         "originator",
         "d",
-        "the envelope sender, MAIL FROM, and SPF for its domain (qmail-mrtg -d)",
+        "the envelope sender, MAIL FROM, SPF for its domain, DMARC for the From domain "
+        "(qmail-mrtg -d)",
         ("Reject::ORIG::",),
         (
             Series(
@@ -86,6 +87,7 @@ GROUPS: tuple[Group, ...] = (
             ),
             Series("dns", ("Reject::ORIG::DNS_MF",)),
             Series("spf", ("Reject::SPF::",), ("spf",)),
+            Series("dmarc", ("Reject::DATA::DMARC",), ("dmarc",)),
         ),
     ),
     Group(
