@@ -180,6 +180,41 @@ def test_more_signatures_than_the_limit_are_not_all_looked_up(run, world):
     assert results(out).count("dkim=pass") == 10
 
 
+@pytest.mark.parametrize(
+    ("field", "domains"),
+    [
+        (b'From: "alice@paypal.test" <x@evil.test>', ["evil.test"]),
+        (b"From: alice@paypal.test <x@evil.test>", ["evil.test"]),
+        (b"From: Bob (bob@paypal.test) x@evil.test", ["evil.test"]),
+        (b'From: Group: a@one.test, "q" <b@two.test>;', ["one.test", "two.test"]),
+        (b"From: <@route.test:c@three.test>", ["three.test"]),
+        (b"FROM :  d@Four.TEST.", ["four.test"]),
+        (b"From: =?utf-8?q?x?= <e@b\xc3\xbccher.test>", ["xn--bcher-kva.test"]),
+        (b"From: a@[192.0.2.1]", []),
+        (b'From: <"a b"@quoted.test>', ["quoted.test"]),
+        (b"From: a@b.test\n\tc@continued.test", ["b.test", "continued.test"]),
+        (b"From: a@one.test\nFrom: b@two.test", ["one.test", "two.test"]),
+        (b"Subject: no author", []),
+    ],
+)
+def test_the_from_domains_are_what_a_mail_client_shows(field, domains):
+    from qqfilter.checks.dkim import from_domains
+
+    assert from_domains(field + b"\nTo: x@example.org") == domains
+
+
+@pytest.mark.parametrize("filler", [b"(", b'"', b"<", b"\\", b"@", b"a@b.test, "])
+def test_a_hostile_from_field_is_read_in_linear_time(filler):
+    import time
+
+    from qqfilter.checks.dkim import from_domains
+
+    started = time.monotonic()
+    from_domains(b"From: " + filler * 200_000 + b"\nSubject: x")
+    from_domains(b"".join(b"From: a@b%d.test\n" % i for i in range(50_000)))
+    assert time.monotonic() - started < 1
+
+
 # --- ARC ------------------------------------------------------------------------------------
 
 

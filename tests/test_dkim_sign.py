@@ -156,8 +156,8 @@ def test_an_rsa_and_an_ed25519_selector_sign_twice(relay, keys, world, tmp_path)
     assert "a=rsa-sha256" in first and "a=ed25519-sha256" in second
     assert dkimpy_verifies(out.message, world, 0)
     assert dkimpy_verifies(out.message, world, 1)
-    # OpenDKIM reports the first signature: show it each alone
-    top, _, rest = out.message.partition(b"\nDKIM-Signature:")
+    # OpenDKIM reports the first signature only: show it the second alone
+    rest = out.message.partition(b"\nDKIM-Signature:")[2]
     said = opendkim_says(b"DKIM-Signature:" + rest, world, tmp_path)
     assert "verification (s=ed, d=signed.dkim.test, 0-bit key) succeeded" in said, said
 

@@ -7,10 +7,11 @@ Stock qmail does not export the HELO name; qmail-smtpd writes it, through qmail'
 
 leaving ``(HELO ...)`` out when the HELO name equalled the remote host name (TCPREMOTEHOST, or
 "unknown"), and on the next line ``  by <me> with SMTP;``; the SMTP AUTH patches write the
-protocol as RFC 3848's ``ESMTPA`` (``ESMTPSA`` over TLS) after a successful AUTH. A shared building block: SPF believes only the first line of a message it is
-filtering, and only for the connection's address, so a line the client wrote further down can
-never be taken for it; ``qqfilter replay`` looks for the first such line anywhere in the
-headers of mail already received.
+protocol as RFC 3848's ``ESMTPA`` (``ESMTPSA`` over TLS) after a successful AUTH. A shared
+building block: SPF believes only the first line of a message it is filtering, and only for
+the connection's address, so a line the client wrote further down can never be taken for
+it (nor by DKIM signing's test for an authenticated session); ``qqfilter replay`` looks for
+the first such line anywhere in the headers of mail already received.
 """
 
 from __future__ import annotations

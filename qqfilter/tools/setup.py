@@ -237,7 +237,7 @@ def _install_wrapper(options: argparse.Namespace) -> int:
         if path.is_dir():
             path = path / "qqfilter"
         notes: list[str] = []
-        account = _checking_account(options.user, path, notes)
+        account = checking_account(options.user, path, notes)
         text = wrapper_text(account.pw_name)
         notes += install_wrapper(path, text, account)
     except Refusal as exc:
@@ -249,7 +249,7 @@ def _install_wrapper(options: argparse.Namespace) -> int:
     return 0
 
 
-def _checking_account(user: str | None, path: Path, notes: list[str]) -> pwd.struct_passwd:
+def checking_account(user: str | None, path: Path, notes: list[str]) -> pwd.struct_passwd:
     """The account a program written at ``path`` is checked as: ``user``, else qmail's; with
     no qmail users at all (a scratch home) ourselves, noted. Refusal when ``path``'s
     directory is not there or the user does not exist."""
@@ -397,7 +397,7 @@ def _install_client(options: argparse.Namespace) -> int:
         if not script:  # a compiled client there would run itself for ever
             raise Refusal(f"--wrapper {wrapper} is not the script install-wrapper writes")
         notes: list[str] = []
-        account = _checking_account(options.user, path, notes)
+        account = checking_account(options.user, path, notes)
         notes += install_client(path, wrapper, account)
     except Refusal as exc:
         _say("install-client", str(exc))
