@@ -251,6 +251,17 @@ def nsd_server():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def dkim_world():
+    """Keys made for this run and a real nsd publishing them, with the DMARC and SPF records
+    of the DKIM and DMARC tests (tests/dkimworld.py)."""
+    from dkimworld import World
+
+    world = World()
+    yield world
+    world.stop()
+
+
 class Resident:
     """A ``qqfilter serve`` process on a socket of its own."""
 

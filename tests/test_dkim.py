@@ -7,7 +7,7 @@ import sys
 import pytest
 from clamav import free_port
 from conftest import added_fields, added_headers, envelope
-from dkimworld import CLIENT, RECEIVER, World
+from dkimworld import CLIENT, RECEIVER
 
 SMTPD = (
     b"Received: from unknown (HELO mail.example.com) (" + CLIENT.encode() + b")\n"
@@ -23,22 +23,15 @@ def body(author: bytes = b"alice@reject.dkim.test", extra: bytes = b"") -> bytes
     )
 
 
-@pytest.fixture(scope="module")
-def world():
-    made = World()
-    yield made
-    made.stop()
-
-
 @pytest.fixture
-def run(qq, world):
+def run(qq, dkim_world):
     """Submit a message as qmail-smtpd hands it on (its Received line on top)."""
     control = qq.tmp / "qmail" / "control"
     control.mkdir(parents=True)
     (control / "me").write_text(RECEIVER + "\n")
 
     def submit(message: bytes, sender: bytes = b"bounce@other.test", **env: str):
-        settings = {"QQF_DNS": world.address, "TCPREMOTEIP": CLIENT, **env}
+        settings = {"QQF_DNS": dkim_world.address, "TCPREMOTEIP": CLIENT, **env}
         out = qq.submit(SMTPD + message, envelope(sender, b"bob@example.org"), env=settings)
         out.sent = SMTPD + message
         return out
@@ -65,8 +58,8 @@ def verify(run, message: bytes, **env: str):
 
 
 @pytest.mark.both_modes
-def test_a_good_rsa_signature_passes_with_its_properties(run, world):
-    signed = world.sign(body(), "dkim.test", "rsa")
+def test_a_good_rsa_signature_passes_with_its_properties(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa")
     out = verify(run, signed)
     stamp = re.search(rb"b=([A-Za-z0-9+/]{8})", signed.split(b"bh=")[1]).group(1).decode()
     assert results(out) == (
@@ -76,60 +69,60 @@ def test_a_good_rsa_signature_passes_with_its_properties(run, world):
     assert out.field("notes") == "dkim: pass dkim.test"
 
 
-def test_an_ed25519_signature_passes(run, world):
-    out = verify(run, world.sign(body(), "dkim.test", "ed"))
+def test_an_ed25519_signature_passes(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "ed"))
     assert "dkim=pass header.d=dkim.test header.s=ed header.a=ed25519-sha256" in results(out)
 
 
-def test_a_changed_body_fails(run, world):
-    signed = world.sign(body(), "dkim.test", "rsa").replace(b"Numbers", b"Payment details")
+def test_a_changed_body_fails(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa").replace(b"Numbers", b"Payment details")
     out = verify(run, signed)
     assert "dkim=fail (body changed) header.d=dkim.test" in results(out)
     assert out.field("notes") == "dkim: fail dkim.test (body changed)"
 
 
-def test_a_changed_signed_header_fails(run, world):
-    signed = world.sign(body(), "dkim.test", "rsa").replace(b"quarterly", b"urgent")
+def test_a_changed_signed_header_fails(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa").replace(b"quarterly", b"urgent")
     out = verify(run, signed)
     assert "dkim=fail (signature does not match the headers)" in results(out)
 
 
-def test_a_revoked_key_is_a_permanent_error(run, world):
-    out = verify(run, world.sign(body(), "dkim.test", "revoked"))
+def test_a_revoked_key_is_a_permanent_error(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "revoked"))
     assert "dkim=permerror (key revoked at revoked._domainkey.dkim.test)" in results(out)
 
 
-def test_a_missing_key_is_a_permanent_error(run, world):
-    out = verify(run, world.sign(body(), "dkim.test", "gone"))
+def test_a_missing_key_is_a_permanent_error(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "gone"))
     assert "dkim=permerror (no key at gone._domainkey.dkim.test)" in results(out)
 
 
-def test_dns_timing_out_is_a_temporary_error_and_still_accepts(run, world):
+def test_dns_timing_out_is_a_temporary_error_and_still_accepts(run, dkim_world):
     out = verify(
         run,
-        world.sign(body(), "dkim.test", "rsa"),
+        dkim_world.sign(body(), "dkim.test", "rsa"),
         QQF_DNS=f"127.0.0.1:{free_port()}",
         QQF_DKIMTIMEOUT="1",
     )
     assert "dkim=temperror (DNS timeout looking up TXT rsa._domainkey.dkim.test)" in results(out)
 
 
-def test_a_key_under_1024_bits_is_refused_by_policy_and_1024_is_noted(run, world):
-    out = verify(run, world.sign(body(), "dkim.test", "weak"))
+def test_a_key_under_1024_bits_is_refused_by_policy_and_1024_is_noted(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "weak"))
     assert "dkim=policy (weak key: 512 bits) header.d=dkim.test" in results(out)
-    out = verify(run, world.sign(body(), "dkim.test", "small"))
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "small"))
     assert "dkim=pass (1024-bit key) header.d=dkim.test" in results(out)
 
 
-def test_a_body_length_limit_is_noted(run, world):
-    signed = world.sign(body(), "dkim.test", "rsa", length=True) + b"Click here: evil.test\n"
+def test_a_body_length_limit_is_noted(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa", length=True) + b"Click here: evil.test\n"
     out = verify(run, signed)
     assert re.search(r"dkim=pass \(l=\d+: only part of the body is signed\)", results(out))
     assert re.search(r"dkim: pass dkim.test l=\d+", out.field("notes"))
 
 
-def test_every_signature_has_its_result_in_one_field_with_spf(run, world):
-    signed = world.sign(world.sign(body(), "dkim.test", "rsa"), "other.test", "rsa")
+def test_every_signature_has_its_result_in_one_field_with_spf(run, dkim_world):
+    signed = dkim_world.sign(dkim_world.sign(body(), "dkim.test", "rsa"), "other.test", "rsa")
     out = verify(run, signed.replace(b"Numbers", b"Other numbers"), SPF="1")
     fields = added_headers(out, out.sent)
     assert list(fields) == ["Received-SPF", "Authentication-Results"]
@@ -141,15 +134,15 @@ def test_every_signature_has_its_result_in_one_field_with_spf(run, world):
     )
 
 
-def test_a_message_without_signature_is_none_and_loads_no_dkim_library(run, qq, world):
+def test_a_message_without_signature_is_none_and_loads_no_dkim_library(run, qq, dkim_world):
     out = verify(run, body(), PYTHONPROFILEIMPORTTIME="1")
     assert results(out) == f"{RECEIVER}; dkim=none"
     imported = {line.split("|")[-1].strip() for line in out.lines if "import time:" in line}
     assert imported and "dkim" not in imported and "nacl" not in imported
 
 
-def test_mail_from_a_relay_client_is_not_verified(run, world):
-    out = verify(run, world.sign(body(), "dkim.test", "rsa"), RELAYCLIENT="")
+def test_mail_from_a_relay_client_is_not_verified(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "rsa"), RELAYCLIENT="")
     assert out.message == out.sent
     assert out.field("notes") == "dkim: skipped: RELAYCLIENT"
 
@@ -172,10 +165,10 @@ def test_a_malformed_signature_is_neutral_or_permerror_never_a_failure(run, sign
     assert len(out.lines) == 1, out.stderr
 
 
-def test_more_signatures_than_the_limit_are_not_all_looked_up(run, world):
+def test_more_signatures_than_the_limit_are_not_all_looked_up(run, dkim_world):
     signed = body()
     for _ in range(15):
-        signed = world.sign(signed, "dkim.test", "rsa")
+        signed = dkim_world.sign(signed, "dkim.test", "rsa")
     out = verify(run, signed)
     assert results(out).count("dkim=pass") == 10
 
@@ -218,28 +211,30 @@ def test_a_hostile_from_field_is_read_in_linear_time(filler):
 # --- ARC ------------------------------------------------------------------------------------
 
 
-def arc_seal(message: bytes, world, hop: str, results_text: str) -> bytes:
+def arc_seal(message: bytes, dkim_world, hop: str, results_text: str) -> bytes:
     """``message`` after a forwarder ``hop`` (signing as other.test) recorded ``results_text``
     and sealed it."""
     import dkim
 
     message = f"Authentication-Results: {hop}; {results_text}\n".encode() + message
-    key = world.keys["rsa"]
+    key = dkim_world.keys["rsa"]
     seal = dkim.arc_sign(message, b"rsa", b"other.test", key.private, hop.encode(), linesep=b"\n")
     return b"".join(seal) + message
 
 
-def test_an_arc_chain_of_two_hops_passes(run, world):
-    once = arc_seal(world.sign(body(), "dkim.test", "rsa"), world, "hop1.test", "dkim=pass")
-    twice = arc_seal(once, world, "hop2.test", "arc=pass")
+def test_an_arc_chain_of_two_hops_passes(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa")
+    once = arc_seal(signed, dkim_world, "hop1.test", "dkim=pass")
+    twice = arc_seal(once, dkim_world, "hop2.test", "arc=pass")
     out = verify(run, twice)
     assert "; arc=pass (i=2)" in results(out)
     assert out.field("notes").endswith("; arc pass (i=2)")
 
 
-def test_an_arc_chain_changed_after_sealing_fails(run, world):
-    once = arc_seal(world.sign(body(), "dkim.test", "rsa"), world, "hop1.test", "dkim=pass")
-    twice = arc_seal(once, world, "hop2.test", "arc=pass")
+def test_an_arc_chain_changed_after_sealing_fails(run, dkim_world):
+    signed = dkim_world.sign(body(), "dkim.test", "rsa")
+    once = arc_seal(signed, dkim_world, "hop1.test", "dkim=pass")
+    twice = arc_seal(once, dkim_world, "hop2.test", "arc=pass")
     out = verify(run, twice.replace(b"quarterly", b"urgent"))
     assert re.search(r"; arc=fail \(", results(out)), results(out)
 
@@ -316,20 +311,20 @@ def test_spf_alone_does_not_pass_strict_alignment_for_a_subdomain(run):
     assert out.returncode == 31, out.stderr
 
 
-def test_dkim_alone_passes_relaxed_and_strict_when_the_domains_match(run, world):
-    relaxed = world.sign(body(b"alice@reject.dkim.test"), "dkim.test", "rsa")
+def test_dkim_alone_passes_relaxed_and_strict_when_the_domains_match(run, dkim_world):
+    relaxed = dkim_world.sign(body(b"alice@reject.dkim.test"), "dkim.test", "rsa")
     out = run(relaxed, b"bounce@other.test", QQF_DMARC="enforce")
     assert out.returncode == 0, out.stderr
-    strict = world.sign(body(b"alice@strict.dkim.test"), "strict.dkim.test", "rsa")
+    strict = dkim_world.sign(body(b"alice@strict.dkim.test"), "strict.dkim.test", "rsa")
     out = run(strict, b"bounce@other.test", QQF_DMARC="enforce")
     assert out.returncode == 0, out.stderr
-    not_strict = world.sign(body(b"alice@strict.dkim.test"), "dkim.test", "rsa")
+    not_strict = dkim_world.sign(body(b"alice@strict.dkim.test"), "dkim.test", "rsa")
     out = run(not_strict, b"bounce@other.test", QQF_DMARC="enforce")
     assert out.returncode == 31, out.stderr
 
 
-def test_a_passing_signature_of_another_domain_does_not_align(run, world):
-    signed = world.sign(body(b"alice@reject.dkim.test"), "other.test", "rsa")
+def test_a_passing_signature_of_another_domain_does_not_align(run, dkim_world):
+    signed = dkim_world.sign(body(b"alice@reject.dkim.test"), "other.test", "rsa")
     out = run(signed, b"bounce@other.test", QQF_DMARC="enforce")
     assert out.returncode == 31, out.stderr
 
@@ -356,11 +351,11 @@ def test_two_dmarc_records_are_a_permanent_error_and_accepted(run):
     assert "dmarc=permerror (2 DMARC records at _dmarc.twice.dkim.test)" in results(out)
 
 
-def test_a_second_from_domain_cannot_hide_a_rejecting_one(run, world):
+def test_a_second_from_domain_cannot_hide_a_rejecting_one(run, dkim_world):
     message = body(b"alice@other.test").replace(
         b"To:", b"From: Bank <service@reject.dkim.test>\nTo:", 1
     )
-    signed = world.sign(message, "other.test", "rsa")
+    signed = dkim_world.sign(message, "other.test", "rsa")
     out = run(signed, b"bounce@other.test", QQF_DMARC="enforce")
     assert out.returncode == 31, out.stderr
     assert "reject.dkim.test" in out.field("reason")
@@ -372,8 +367,8 @@ def test_a_message_without_from_is_none(run):
     assert "dmarc=none (no From domain)" in results(out)
 
 
-def test_dmarc_uses_the_dkim_checks_signatures_in_one_field(run, world):
-    signed = world.sign(body(b"alice@reject.dkim.test"), "dkim.test", "rsa")
+def test_dmarc_uses_the_dkim_checks_signatures_in_one_field(run, dkim_world):
+    signed = dkim_world.sign(body(b"alice@reject.dkim.test"), "dkim.test", "rsa")
     out = run(signed, b"bounce@other.test", QQF_DMARC="enforce", QQF_DKIM="verify", SPF="1")
     assert out.returncode == 0, out.stderr
     value = results(out)

@@ -32,11 +32,9 @@ from qqfilter.exitcodes import CONFIG_ERROR, QueueError
 from qqfilter.settings import QMAILHOME, Settings, load
 from qqfilter.shared.lookups import Lookups, Undecided
 from qqfilter.shared.resolver import DNS
-from qqfilter.tools import USAGE_ERROR
+from qqfilter.tools import USAGE_ERROR, setup
 
 FAILED = 1
-QMAIL_USER = "qmaild"
-"""The account the checks run as by default (qmail-smtpd's, as in tools/setup.py)."""
 MIN_BITS = 1024
 """RSA keys shorter than this are refused (RFC 8301: verifiers must not accept them)."""
 MAX_BITS = 4096
@@ -48,14 +46,6 @@ KEY_LIMIT = 1 << 16
 """Bytes of a key file read (as the signer reads them)."""
 SETTINGS_USED = frozenset({"config", QMAILHOME.name, DNS.name, DKIMTIMEOUT.name})
 """The settings an invalid value of which stops these commands (others do not concern them)."""
-
-
-class Refusal(Exception):
-    """What cannot be done, in one line, and the exit status."""
-
-    def __init__(self, text: str, code: int = FAILED) -> None:
-        super().__init__(text)
-        self.code = code
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -93,7 +83,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     keygen.add_argument(
         "--user",
         metavar="NAME",
-        help=f"the account the checks run as, who gets the key ({QMAIL_USER}; without one, "
+        help=f"the account the checks run as, who gets the key ({setup.QMAIL_USER}; without one, "
         "ourselves)",
     )
     _qmailhome_option(keygen)
@@ -121,7 +111,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--user",
         metavar="NAME",
         help=f"the account the checks run as, whose key files are trusted besides root's "
-        f"({QMAIL_USER})",
+        f"({setup.QMAIL_USER})",
     )
     _qmailhome_option(check)
     check.set_defaults(run=_check)
@@ -157,7 +147,7 @@ def _keygen(options: argparse.Namespace) -> int:
         selector = _selector(options.selector or ("ed25519" if options.ed25519 else "default"))
         bits = _bits(options.bits, options.ed25519)
         written, lines, notes = _make_key(options, qmailhome, domain, selector, algorithm, bits)
-    except Refusal as exc:
+    except setup.Refusal as exc:
         _say(str(exc))
         return exc.code
     for note in notes:
@@ -172,11 +162,15 @@ def _bits(bits: int | None, ed25519: bool) -> int:
     if bits is None:
         return DEFAULT_BITS
     if ed25519:
-        raise Refusal("--bits is for RSA keys: an Ed25519 key has no size to choose", USAGE_ERROR)
+        raise setup.Refusal(
+            "--bits is for RSA keys: an Ed25519 key has no size to choose", USAGE_ERROR
+        )
     if bits < MIN_BITS:
-        raise Refusal(f"--bits {bits}: an RSA key needs at least {MIN_BITS} bits", USAGE_ERROR)
+        raise setup.Refusal(
+            f"--bits {bits}: an RSA key needs at least {MIN_BITS} bits", USAGE_ERROR
+        )
     if bits > MAX_BITS:
-        raise Refusal(
+        raise setup.Refusal(
             f"--bits {bits}: verifiers need not take keys over {MAX_BITS} bits (RFC 8301)",
             USAGE_ERROR,
         )
@@ -192,42 +186,40 @@ def _make_key(
     bits: int,
 ) -> tuple[str, list[str], list[str]]:
     """Write the key and list its selector; (what was written, the lines that tell what to
-    publish, notes). Raises Refusal, leaving any key that was there as it was."""
+    publish, notes). Raises setup.Refusal, leaving any key that was there as it was."""
     from pathlib import Path
-
-    from qqfilter.tools import setup
 
     top = os.path.join(qmailhome, "control", keys.DIRECTORY)
     notes: list[str] = []
-    try:  # refuses when control/ is not there: no qmail to sign for
-        account = setup.checking_account(options.user, Path(top), notes)
-    except setup.Refusal as exc:
-        raise Refusal(str(exc), exc.code) from None
+    # refuses when control/ is not there: no qmail to sign for
+    account = setup.checking_account(options.user, Path(top), notes)
     me = os.geteuid()
     if me not in (0, account.pw_uid):
-        raise Refusal(
+        raise setup.Refusal(
             f"only root may give a key to {account.pw_name}: run this as root, or name "
             f"yourself with --user {_name(me)}"
         )
     where = keys.directory(qmailhome, domain)
     path = os.path.join(where, selector)
     if os.path.lexists(path) and not options.force:
-        raise Refusal(f"{path} exists: --force replaces it (then publish its new record)")
+        raise setup.Refusal(f"{path} exists: --force replaces it (then publish its new record)")
     owners = _owners(account.pw_uid)
     listing = os.path.join(where, keys.SELECTORS)
     try:
         listed = _trusted(listing, _shown(domain, keys.SELECTORS), owners, 1 << 20)
     except QueueError as exc:
-        raise Refusal(exc.reason) from None
+        raise setup.Refusal(exc.reason) from None
     data = keys.generate(algorithm, bits)
     try:
         for directory in (top, where):
             _directory(directory)
         _write(path, data, 0o600, (account.pw_uid, account.pw_gid), replace=options.force)
     except FileExistsError:
-        raise Refusal(f"{path} exists: --force replaces it (then publish its new record)") from None
+        raise setup.Refusal(
+            f"{path} exists: --force replaces it (then publish its new record)"
+        ) from None
     except OSError as exc:
-        raise Refusal(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+        raise setup.Refusal(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
     written = f"wrote {path} ({_described(algorithm, bits)}, mode 0600, owner {account.pw_name})"
     names = listed.decode("utf-8", "replace").split() if listed is not None else []
     if selector not in names:
@@ -241,7 +233,7 @@ def _make_key(
         try:
             _write(listing, text.encode("utf-8"), 0o644, _owner_of(listing), replace=True)
         except OSError as exc:
-            raise Refusal(
+            raise setup.Refusal(
                 f"wrote {path}, but cannot list it in {listing}: {exc.strerror or exc}"
             ) from None
         written += f"\nlisted {selector} in {listing}"
@@ -359,7 +351,7 @@ def _check(options: argparse.Namespace) -> int:
         wanted = _selector(options.selector) if options.selector else None
         owners = _owners(_user_uid(options.user))
         where, selectors, notes = _where(qmailhome, domain, wanted, owners)
-    except Refusal as exc:
+    except setup.Refusal as exc:
         _say(str(exc))
         return exc.code
     for note in notes:
@@ -386,7 +378,7 @@ def _where(
     when a selector listed there has a key, else ``%``), the selectors to check in it
     (``wanted``, else those listed there), and notes. ``wanted`` with a key file in the
     domain's own directory is checked there, listed or not (a note says the signer skips
-    it). Refusal when there is no key to check."""
+    it). setup.Refusal when there is no key to check."""
     own = keys.directory(qmailhome, domain)
     fallback = keys.directory(qmailhome, keys.DEFAULT)
     notes = []
@@ -402,7 +394,7 @@ def _where(
         if not _with_keys(own, listed):
             listed = _selectors(fallback, keys.DEFAULT, owners)
             if not _with_keys(fallback, listed):
-                raise Refusal(
+                raise setup.Refusal(
                     f"no DKIM key for {domain} in {own} (nor in {fallback}): "
                     f"qqfilter dkim keygen {domain}"
                 )
@@ -410,7 +402,7 @@ def _where(
             notes.append(f"{domain} has no keys of its own: checking those in {fallback}")
             notes += _not_ours(qmailhome, domain)
     except QueueError as exc:
-        raise Refusal(exc.reason) from None
+        raise setup.Refusal(exc.reason) from None
     return own, [wanted] if wanted else listed, notes
 
 
@@ -516,11 +508,11 @@ def _short(value: str) -> str:
 
 
 def _settings() -> Settings:
-    """This process's settings; Refusal when one of those these commands use is invalid."""
+    """This process's settings; setup.Refusal when one of those these commands use is invalid."""
     settings, errors = load(dict(os.environ))
     bad = [error for error in errors if error.name in SETTINGS_USED]
     if bad:
-        raise Refusal(str(bad[0]), USAGE_ERROR)
+        raise setup.Refusal(str(bad[0]), USAGE_ERROR)
     return settings
 
 
@@ -532,7 +524,7 @@ def _domain(text: str) -> str:
     except UnicodeError:
         name = ""
     if not valid_domain(name):
-        raise Refusal(f"not a domain name: {text!r}", USAGE_ERROR)
+        raise setup.Refusal(f"not a domain name: {text!r}", USAGE_ERROR)
     return name
 
 
@@ -540,7 +532,7 @@ def _selector(name: str) -> str:
     """A selector that is a file name in the domain's directory and a DNS label (or more)."""
     usable = keys.valid_name(name) and all(name.split(".")) and name != keys.SELECTORS
     if not usable:
-        raise Refusal(
+        raise setup.Refusal(
             f"not a selector: {name!r} (letters, digits, '-', '_' and inner dots; "
             f"not {keys.SELECTORS!r})",
             USAGE_ERROR,
@@ -552,12 +544,14 @@ def _user_uid(user: str | None) -> int | None:
     """The uid of the account the checks run as: ``user``, else qmaild (None without one)."""
     try:
         if user is None:
-            return pwd.getpwnam(QMAIL_USER).pw_uid
+            return pwd.getpwnam(setup.QMAIL_USER).pw_uid
         return pwd.getpwuid(int(user)).pw_uid if user.isdigit() else pwd.getpwnam(user).pw_uid
     except (KeyError, ValueError):
         if user is None:
             return None
-        raise Refusal(f"no user {user}: name the account the checks run as", USAGE_ERROR) from None
+        raise setup.Refusal(
+            f"no user {user}: name the account the checks run as", USAGE_ERROR
+        ) from None
 
 
 def _name(uid: int) -> str:
