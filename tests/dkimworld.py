@@ -155,13 +155,8 @@ class World:
         import dkim
 
         key = self.keys[selector]
+        options.setdefault("signature_algorithm", key.algorithm.encode())
         signature = dkim.sign(
-            message,
-            selector.encode(),
-            domain.encode(),
-            key.private,
-            signature_algorithm=key.algorithm.encode(),
-            linesep=b"\n",
-            **options,
+            message, selector.encode(), domain.encode(), key.private, linesep=b"\n", **options
         )
         return signature + message

@@ -134,6 +134,30 @@ def test_every_signature_has_its_result_in_one_field_with_spf(run, dkim_world):
     )
 
 
+def test_an_rsa_sha1_signature_that_verifies_is_refused_by_policy(run, dkim_world):
+    out = verify(run, dkim_world.sign(body(), "dkim.test", "rsa", signature_algorithm=b"rsa-sha1"))
+    assert "dkim=policy (rsa-sha1 is not accepted: RFC 8301) header.d=dkim.test" in results(out)
+
+
+def test_fields_claiming_our_authserv_id_are_removed_and_others_kept(run, dkim_world):
+    forged = (
+        b"Authentication-Results: MX.example.org (trust me); dkim=pass; dmarc=pass\n"
+        b'Authentication-Results: "mx.example.org"; dmarc=pass\n'
+        b"Authentication-Results: relay.example.net; dkim=pass header.d=dkim.test\n"
+        b"X-Qqfilter-DMARC: quarantine (planted)\n"
+    )
+    signed = dkim_world.sign(body(b"alice@reject.dkim.test"), "dkim.test", "rsa")
+    out = run(forged + signed, QQF_DKIM="verify", QQF_DMARC="stamp")
+    assert out.returncode == 0, out.stderr
+    assert out.message.count(b"Authentication-Results:") == 2
+    assert b"relay.example.net; dkim=pass" in out.message
+    assert b"trust me" not in out.message and b'"mx.example.org"' not in out.message
+    assert b"planted" not in out.message
+    assert b"dmarc=pass (p=reject) header.from=reject.dkim.test" in out.message.replace(
+        b"\n\t", b" "
+    )
+
+
 def test_a_message_without_signature_is_none_and_loads_no_dkim_library(run, qq, dkim_world):
     out = verify(run, body(), PYTHONPROFILEIMPORTTIME="1")
     assert results(out) == f"{RECEIVER}; dkim=none"

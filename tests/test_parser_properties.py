@@ -186,12 +186,12 @@ def spool_file(data: bytes, directory: str) -> int:
 
 @given(st.binary(max_size=2000))
 def test_header_fields_are_found_in_order_without_overlap(data):
-    from qqfilter.checks import spam
+    from qqfilter import headers
 
     directory = os.environ.get("TMPDIR", "/tmp")
     spool = Spool(spool_file(data, directory), len(data), len(data))
     try:
-        found = spam.fields(spool)
+        found = headers.fields(spool)
     finally:
         spool.close()
     at = 0

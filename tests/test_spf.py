@@ -50,6 +50,16 @@ def dead_dns() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
+def test_a_field_claiming_our_authserv_id_is_removed(spf):
+    forged = smtpd_message().replace(
+        b"From: someone", b"Authentication-Results: mx.example.org; spf=pass\nFrom: someone"
+    )
+    out = spf(b"alice@fail.spf.test", 1, message=forged)
+    assert out.returncode == 0, out.stderr
+    assert out.message.count(b"Authentication-Results:") == 1
+    assert b"spf=fail smtp.mailfrom=fail.spf.test" in out.message
+
+
 CASES = {
     "pass": (b"alice@pass.spf.test", {}),
     "fail": (b"alice@fail.spf.test", {}),

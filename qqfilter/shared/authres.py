@@ -6,6 +6,11 @@ check does not stamp the field itself: its Finding carries its ``results`` (meth
 ``spf=pass smtp.mailfrom=example.org``, made with ``resinfo``), and policy renders the one
 field from all of them, in the checks' order, where the first of them stood.
 
+A field the message arrived with under our own authserv-id is a forgery (or our own, from
+a loop): RFC 8601 section 5 has it removed, so a reader never takes a sender's
+``dmarc=pass`` for ours. Each check with results asks for that removal (``forged``: edits,
+which policy makes once however many checks ask).
+
 Every value that came from the client or from DNS (a domain, a selector, a problem) goes
 through ``value``: a MIME token stays as it is, anything else becomes a quoted-string with
 its quotes and backslashes escaped, characters outside printable ASCII become ``?``, and it
@@ -23,6 +28,7 @@ from qqfilter.settings import QMAILHOME, Settings
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from qqfilter.message import Connection
+    from qqfilter.spool import Spool
 
 NAME = "Authentication-Results"
 MAX_VALUE = 255
@@ -45,6 +51,30 @@ def authserv_id(settings: Settings, connection: Connection) -> str:
 def field(server: str, results: tuple[str, ...]) -> tuple[str, str]:
     """The field for ``results`` (each a resinfo), as (name, value)."""
     return NAME, "; ".join((value(server), *results))
+
+
+def forged(spool: Spool, server: str) -> tuple[tuple[int, int, bytes], ...]:
+    """Edits removing the Authentication-Results fields in the message's header that claim
+    to be ``server``'s (its authserv-id, compared without case, quotes or comments)."""
+    from qqfilter.headers import fields
+
+    ours = server.lower()
+    found = []
+    for name, start, value_at, end in fields(spool):
+        if name.lower() != NAME.lower():
+            continue
+        value = spool.read(value_at, min(end - value_at, 1024)).decode("latin-1")
+        if _authserv_id(value) == ours:
+            found.append((start, end, b""))
+    return tuple(found)
+
+
+def _authserv_id(value: str) -> str:
+    """The authserv-id a field's ``value`` starts with, lower case: comments dropped (one
+    level is all a real one has), quotes taken off."""
+    head = re.sub(r"\([^()]*\)", " ", value.split(";", 1)[0])
+    words = head.split()
+    return words[0].strip('"').lower() if words else ""
 
 
 def resinfo(

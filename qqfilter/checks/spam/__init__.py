@@ -22,8 +22,6 @@ from qqfilter.settings import Setting, Settings, byte_count, choice, seconds, su
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from qqfilter.spool import Spool
-
     Edits = tuple[tuple[int, int, bytes], ...]
 
 TAG = "Reject::DATA::Spam_Message"
@@ -256,10 +254,6 @@ def undecided(check: str, why: str, settings: Settings) -> Finding:
     )
 
 
-MAX_HEADER_BLOCK = 1 << 20
-"""Bytes of the message's header block looked through for the fields edits touch."""
-
-
 def _edits(
     message: Message, score: Score, settings: Settings
 ) -> tuple[tuple[int, int, bytes], ...]:
@@ -273,6 +267,8 @@ def _edits(
         return ()
     edits = []
     subject_done = False
+    from qqfilter.headers import fields
+
     for name, start, value_at, end in fields(message.spool):
         lowered = name.lower()
         if lowered in removed:
@@ -281,33 +277,6 @@ def _edits(
             edits.append((value_at, value_at, prefix.encode("utf-8", "replace")))
             subject_done = True
     return tuple(edits)
-
-
-def fields(spool: Spool) -> list[tuple[str, int, int, int]]:
-    """The message's header fields as (name, start, where the value starts, end): byte
-    offsets in the spool, folded lines included, up to the empty line (or MAX_HEADER_BLOCK)."""
-    block = spool.read(0, min(spool.size, MAX_HEADER_BLOCK))
-    found: list[tuple[str, int, int, int]] = []
-    position = 0
-    while position < len(block):
-        line_end = block.find(b"\n", position)
-        line_end = len(block) if line_end < 0 else line_end + 1
-        line = block[position:line_end]
-        if line in (b"\n", b"\r\n"):
-            break
-        if line[:1] in (b" ", b"\t") and found:  # a folded line: the field goes on
-            name, start, value_at, _ = found[-1]
-            found[-1] = (name, start, value_at, line_end)
-        else:
-            colon = line.find(b":")
-            if colon > 0:
-                value_at = position + colon + 1
-                while value_at < line_end and block[value_at : value_at + 1] in (b" ", b"\t"):
-                    value_at += 1
-                name = line[:colon].decode("latin-1").strip()
-                found.append((name, position, value_at, line_end))
-        position = line_end
-    return found
 
 
 def _summary(score: Score) -> str:

@@ -97,6 +97,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
 
     headers = (received_spf(result, receiver),)
     results = (spf_result(result),)
+    forged = authres.forged(message.spool, receiver)
     if level >= REFUSED_FROM.get(result.result, 99):
         return Finding(
             NAME,
@@ -118,7 +119,9 @@ def check(message: Message, settings: Settings) -> Finding | None:
             headers=headers,
             results=results,
         )
-    return Finding(NAME, Finding.CLEAN, _detail(result), headers=headers, results=results)
+    return Finding(
+        NAME, Finding.CLEAN, _detail(result), headers=headers, results=results, edits=forged
+    )
 
 
 def evaluated(message: Message, settings: Settings, remote_ip: str, receiver: str) -> Evaluation:

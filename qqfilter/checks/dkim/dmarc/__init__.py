@@ -30,6 +30,7 @@ from qqfilter.checks import Finding
 from qqfilter.checks.dkim import DKIMTIMEOUT, SHARED, authenticated, from_domains, head, verified
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings, choice
+from qqfilter.shared import authres
 from qqfilter.shared.resolver import DNS
 
 TYPE_CHECKING = False
@@ -93,23 +94,43 @@ def check(message: Message, settings: Settings) -> Finding | None:
     why = authenticated(message)
     if why:
         return Finding(NAME, Finding.CLEAN, f"skipped: {why}")
-    from qqfilter.shared import authres
-
     domains = from_domains(head(message))
     results: list[str] = []
     spf = _spf(message, settings, results)
+    edits = _stale(message, settings)
     if not domains:
         results.append(authres.resinfo("dmarc", "none", "no From domain"))
-        return Finding(NAME, Finding.CLEAN, "none (no From domain)", results=tuple(results))
+        return Finding(
+            NAME, Finding.CLEAN, "none (no From domain)", results=tuple(results), edits=edits
+        )
     judgements = _judge_all(domains, spf, verified(message, settings), settings)
     results += [_result(judgement) for judgement in judgements]
     note = "; ".join(f"{j.result} {j.domain}{_policy_words(j)}" for j in judgements)
     if mode == "stamp":
-        return Finding(NAME, Finding.CLEAN, note, results=tuple(results))
-    return _enforce(judgements, note, tuple(results))
+        return Finding(NAME, Finding.CLEAN, note, results=tuple(results), edits=edits)
+    return _enforce(judgements, note, tuple(results), edits)
 
 
-def _enforce(judgements: list[Judgement], note: str, results: tuple[str, ...]) -> Finding:
+def _stale(message: Message, settings: Settings) -> tuple[tuple[int, int, bytes], ...]:
+    """Edits removing what the message arrived with in our name: Authentication-Results
+    fields under our authserv-id, and X-Qqfilter-DMARC fields (only this check's count)."""
+    from qqfilter.headers import fields
+
+    ours = authres.forged(message.spool, authres.authserv_id(settings, message.connection))
+    marks = tuple(
+        (start, end, b"")
+        for name, start, _value_at, end in fields(message.spool)
+        if name.lower() == MARK.lower()
+    )
+    return ours + marks
+
+
+def _enforce(
+    judgements: list[Judgement],
+    note: str,
+    results: tuple[str, ...],
+    edits: tuple[tuple[int, int, bytes], ...],
+) -> Finding:
     for judgement in judgements:
         if judgement.disposition == "reject":
             return Finding(
@@ -136,14 +157,13 @@ def _enforce(judgements: list[Judgement], note: str, results: tuple[str, ...]) -
             )
     marked = [j for j in judgements if j.disposition == "quarantine"]
     headers = tuple((MARK, f"quarantine (policy of {j.domain}: {j.why})") for j in marked[:1])
-    return Finding(NAME, Finding.CLEAN, note, headers=headers, results=results)
+    return Finding(NAME, Finding.CLEAN, note, headers=headers, results=results, edits=edits)
 
 
 def _spf(message: Message, settings: Settings, results: list[str]) -> Evaluation:
     """SPF's result (the SPF check's; evaluated here when QQF_SPF is 0, and then its spf=
     result joins ``results``)."""
     from qqfilter.checks import spf
-    from qqfilter.shared import authres
 
     stamped = settings[spf.LEVEL] > 0
     remote_ip = message.connection.remote_ip or ""
@@ -224,9 +244,7 @@ def _policy_words(judgement: Judgement) -> str:
 
 def _result(judgement: Judgement) -> str:
     """The dmarc= result for the Authentication-Results field."""
-    from qqfilter.shared.authres import resinfo
-
     comment = _policy_words(judgement)[2:-1]
     if judgement.result in ("temperror", "permerror"):
         comment = f"{comment}; {judgement.why}" if comment else judgement.why
-    return resinfo("dmarc", judgement.result, comment, (("header.from", judgement.domain),))
+    return authres.resinfo("dmarc", judgement.result, comment, (("header.from", judgement.domain),))

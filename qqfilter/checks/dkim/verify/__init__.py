@@ -20,6 +20,7 @@ from qqfilter.checks import Finding
 from qqfilter.checks.dkim import DKIMTIMEOUT, SHARED, authenticated, has_arc, head, verified
 from qqfilter.message import Message
 from qqfilter.settings import Setting, Settings, choice
+from qqfilter.shared import authres
 from qqfilter.shared.resolver import DNS
 
 TYPE_CHECKING = False
@@ -58,9 +59,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
     if why:
         return Finding(NAME, Finding.CLEAN, f"skipped: {why}")
     signatures = verified(message, settings)
-    from qqfilter.shared.authres import resinfo
-
-    results = [_result(signature) for signature in signatures] or [resinfo("dkim", "none")]
+    results = [_result(s) for s in signatures] or [authres.resinfo("dkim", "none")]
     notes = [_note(signature) for signature in signatures] or ["none"]
     header = head(message)
     if has_arc(header):
@@ -68,15 +67,14 @@ def check(message: Message, settings: Settings) -> Finding | None:
 
         data = message.spool.read(0, message.spool.size)
         outcome, comment = arc(data, settings[DNS], settings[DKIMTIMEOUT])
-        results.append(resinfo("arc", outcome, comment))
+        results.append(authres.resinfo("arc", outcome, comment))
         notes.append(f"arc {outcome}" + (f" ({comment})" if comment else ""))
-    return Finding(NAME, Finding.CLEAN, "; ".join(notes), results=tuple(results))
+    forged = authres.forged(message.spool, authres.authserv_id(settings, message.connection))
+    return Finding(NAME, Finding.CLEAN, "; ".join(notes), results=tuple(results), edits=forged)
 
 
 def _result(signature: Signature) -> str:
     """The dkim= result for the Authentication-Results field."""
-    from qqfilter.shared.authres import resinfo
-
     comments = []
     if signature.problem:
         comments.append(signature.problem)
@@ -84,7 +82,7 @@ def _result(signature: Signature) -> str:
         comments.append(f"{signature.bits}-bit key")
     if signature.length >= 0:
         comments.append(f"l={signature.length}: only part of the body is signed")
-    return resinfo(
+    return authres.resinfo(
         "dkim",
         signature.result,
         "; ".join(comments),

@@ -164,7 +164,7 @@ def _one(checker, index: int, keys: _Keys) -> Signature:
     if not good:
         return signature("fail", "signature does not match the headers", bits)
     if described["algorithm"] == "rsa-sha1":
-        return signature("policy", "rsa-sha1 is not accepted (RFC 8301)", bits)
+        return signature("policy", "rsa-sha1 is not accepted: RFC 8301", bits)
     return signature("pass", bits=bits)
 
 
