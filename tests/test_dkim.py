@@ -358,6 +358,9 @@ def test_dns_failure_is_temperror_stamped_or_tempfailed_never_refused(run):
     out = dmarc(run, b"alice@reject.dkim.test", "stamp", **dead)
     assert out.returncode == 0, out.stderr
     assert "dmarc=temperror" in results(out)
+    assert out.field("notes").endswith(
+        "dmarc: temperror reject.dkim.test: DNS timeout looking up TXT _dmarc.reject.dkim.test"
+    )
     out = dmarc(run, b"alice@reject.dkim.test", "enforce", **dead)
     assert out.returncode == 71, out.stderr
     assert out.field("verdict") == "tempfail"

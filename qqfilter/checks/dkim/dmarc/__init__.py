@@ -105,7 +105,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
         )
     judgements = _judge_all(domains, spf, verified(message, settings), settings)
     results += [_result(judgement) for judgement in judgements]
-    note = "; ".join(f"{j.result} {j.domain}{_policy_words(j)}" for j in judgements)
+    note = "; ".join(_note(judgement) for judgement in judgements)
     if mode == "stamp":
         return Finding(NAME, Finding.CLEAN, note, results=tuple(results), edits=edits)
     return _enforce(judgements, note, tuple(results), edits)
@@ -219,6 +219,14 @@ def _judge(
 
     disposition = wanted if random.randrange(100) < policy.pct else MILDER[wanted]
     return Judgement(domain, "fail", policy, disposition, "no aligned SPF or DKIM pass")
+
+
+def _note(judgement: Judgement) -> str:
+    """The judgement for the log line: ``fail example.org (p=reject dis=reject)``, and why
+    for an error."""
+    error = judgement.result in ("temperror", "permerror")
+    why = f": {judgement.why}" if error else ""
+    return f"{judgement.result} {judgement.domain}{_policy_words(judgement)}{why}"
 
 
 def _wanted(policy: Policy, domain: str) -> str:
