@@ -7,7 +7,8 @@ import pytest
 from clamav import free_port
 from conftest import assert_clean_failure, envelope
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The lists are asked the same way in both modes: the tests marked both_modes also run through
+# qqfilter serve (its DNS cache and threads, the client's words).
 
 MESSAGE = b"From: someone\nSubject: dnsbl\n\nhello\n"
 ENVELOPE = envelope(b"alice@example.com", b"bob@example.org")
@@ -42,6 +43,7 @@ def accepted(out, notes: str | None = None):
     return out
 
 
+@pytest.mark.both_modes
 def test_a_listed_client_is_refused_with_the_lists_text(dnsbl):
     out = refused(dnsbl(LISTED, QQF_DNSBL="dnsbl.test"))
     assert out.field("reason") == (
@@ -50,6 +52,7 @@ def test_a_listed_client_is_refused_with_the_lists_text(dnsbl):
     assert out.field("detail") == "listed in dnsbl.test=127.0.0.2*1; total 1 > 0"
 
 
+@pytest.mark.both_modes
 def test_the_client_sees_the_text_through_the_reply_pipe(qq, nsd_server):
     env = {"QQF_DNS": nsd_server.address, "TCPREMOTEIP": LISTED, "QQF_DNSBL": "dnsbl.test"}
     out, reply = qq.submit_for_reply(MESSAGE, ENVELOPE, env)
@@ -71,7 +74,6 @@ def test_a_client_no_list_names_is_delivered_and_nothing_is_noted(dnsbl):
     accepted(dnsbl(NOT_LISTED, QQF_DNSBL="dnsbl.test,other.dnsbl.test"))
 
 
-@pytest.mark.one_shot  # what counts is judged the same way in both modes
 @pytest.mark.parametrize(
     ("zones", "ip", "listed"),
     [
@@ -98,7 +100,6 @@ def test_codes_choose_the_answers_that_count(dnsbl, zones, ip, listed):
         accepted(out)
 
 
-@pytest.mark.one_shot  # the score is added up the same way in both modes
 @pytest.mark.parametrize(
     ("zones", "score", "ip", "outcome"),
     [
@@ -226,6 +227,7 @@ class HalfDeadLists:
         self.sock.close()
 
 
+@pytest.mark.both_modes
 def test_a_list_that_never_answers_does_not_cost_the_others_their_answer(qq):
     """The lists are asked at once: the silent first one spends its own wait, and the second
     one's listing still refuses within the deadline."""
@@ -302,6 +304,7 @@ def test_rblsmtpd_with_a_dash_refuses_for_good_with_its_text(dnsbl):
     assert out.field("reason") == "refused by RBLSMTPD"
 
 
+@pytest.mark.both_modes
 def test_rblsmtpd_text_refuses_for_now(dnsbl):
     out = dnsbl(NOT_LISTED, QQF_DNSBL="dnsbl.test", RBLSMTPD="Listed in a list.\r\nTry later")
     assert_clean_failure(out, 71)
@@ -327,7 +330,6 @@ def test_rblsmtpd_off_ignores_the_variable(dnsbl):
     refused(dnsbl(LISTED, QQF_DNSBL="dnsbl.test", QQF_RBLSMTPD="off", RBLSMTPD=""))
 
 
-@pytest.mark.one_shot  # settings.load is the same in both modes
 @pytest.mark.parametrize(
     ("env", "why"),
     [

@@ -6,7 +6,8 @@ import pytest
 from clamav import free_port
 from conftest import assert_clean_failure, envelope
 
-BOTH_MODES = True  # every qq test runs one-shot and through qqfilter serve
+# The sender is judged the same way in both modes: the tests marked both_modes also run through
+# qqfilter serve (its DNS cache, the peer's environment, the client's words).
 
 CLIENT = "192.0.2.1"
 MESSAGE = (
@@ -96,6 +97,7 @@ REFUSED = [
 ]
 
 
+@pytest.mark.both_modes
 def test_a_sender_domain_without_one_is_refused(sender):
     for address, domain, words in REFUSED:
         out = sender(address, MFDNSCHECK="1")
@@ -103,6 +105,7 @@ def test_a_sender_domain_without_one_is_refused(sender):
         assert out.field("reason") == f"sender domain {domain} {words}", address
 
 
+@pytest.mark.both_modes
 def test_the_client_is_told_why_with_the_status(sender):
     qq, env = sender.qq, {"MFDNSCHECK": "", "QQF_DNS": sender.dns}
     out, reply = qq.submit_for_reply(MESSAGE, envelope(b"a@nullmx.sender.test", b"b@x.org"), env)
@@ -121,6 +124,7 @@ def test_mfdnscheck_set_empty_is_on_and_unset_is_off(sender):
     assert out.field("notes") is None
 
 
+@pytest.mark.both_modes
 def test_a_dns_failure_is_a_tempfail_never_a_refusal(sender):
     out = sender(b"alice@mx.sender.test", MFDNSCHECK="", QQF_DNS=dead_dns(), QQF_DNSTIMEOUT="0.5")
     assert_clean_failure(out, 71)
@@ -190,6 +194,7 @@ def test_localmfcheck_without_rcpthosts_allows_every_domain_as_qmail_does(sender
     assert out.field("notes") == "sender: local sender: no control/rcpthosts"
 
 
+@pytest.mark.both_modes
 def test_localmfcheck_equals_wants_the_authenticated_user(sender):
     env = {"LOCALMFCHECK": "=", "RELAYCLIENT": ""}
     out = sender(b"Alice@Example.org", TCPREMOTEINFO="alice@example.org", **env)

@@ -65,8 +65,10 @@ class Lookups:
             answers = self.resolver.resolve(name, qtype, lifetime=left, search=False)
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return []
-        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.name.EmptyLabel):
-            return []  # a name that cannot exist has no records
+        except (dns.name.NameTooLong, dns.name.LabelTooLong, dns.exception.SyntaxError):
+            return []  # a name that cannot exist (an empty label, a bad escape) has no records
+        except dns.name.IDNAException:
+            return []  # nor one that has no ASCII form
         except dns.exception.Timeout:
             raise Undecided(f"DNS timeout looking up {qtype} {name}") from None
         except dns.resolver.NoNameservers:

@@ -15,11 +15,15 @@ dkimpy, PyNaCl (ed25519) and dnspython are imported here, when a message has a s
 
 from __future__ import annotations
 
+import re
+
 from qqfilter.shared import dnsimport
 from qqfilter.shared.lookups import Lookups, Undecided
 
 MAX_SIGNATURES = 10
 MIN_BITS = 1024
+_SELECTOR = re.compile(r"[A-Za-z0-9_-]{1,63}(?:\.[A-Za-z0-9_-]{1,63})*")
+"""A selector: DNS labels (RFC 6376 section 3.1), as its key's name is made of them."""
 
 
 class Signature:
@@ -126,6 +130,12 @@ def _one(checker, index: int, keys: _Keys) -> Signature:
         checker.verify_headerprep(index)
     except dkim.DKIMException as exc:
         return signature("neutral", _words(exc))
+    except Exception as exc:  # dkimpy on a hostile signature: a result, never a traceback
+        return signature("neutral", f"signature does not parse: {type(exc).__name__}")
+    from qqfilter.checks.dkim import valid_domain
+
+    if not valid_domain(described["domain"]) or not _SELECTOR.fullmatch(described["selector"]):
+        return signature("permerror", "d= or s= is not a DNS name")
     name = f"{described['selector']}._domainkey.{described['domain']}"
     try:
         records = keys.ask(name)
