@@ -61,9 +61,10 @@ class Setting(Generic[T]):
     ``empty_as`` (the text s/qmail's reading of "" amounts to, handed to the parser like any
     value). Rows without it (every ``QQF_*`` name) follow tcprules' "empty = unset".
 
-    ``server_only`` marks a row whose value is a program, its arguments, a path or a server:
-    the resident server takes it from its own settings only, never from a peer that is not
-    its own user (docs/security.md, "Who may set what").
+    ``server_only`` marks a row whose value is a program, its arguments, a path or a server,
+    or one that lends the server's own secrets (DKIM signing with its keys): the resident
+    server takes it from its own settings only, never from a peer that is not its own user
+    (docs/security.md, "Who may set what").
     """
 
     __slots__ = (

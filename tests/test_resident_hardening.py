@@ -375,6 +375,7 @@ def test_a_peer_of_another_user_chooses_no_program_path_or_server(qq, tmp_path):
         "PEER_ONLY": "yes",
         "TCPREMOTEIP": "198.51.100.7",
         "QQF_MAXSIZE": "1000",
+        "QQF_DKIMSIGN": "relayclient",  # the server's keys are not the peer's to sign with
     }
     try:
         out = qq.submit(PLAIN, ENV, env=peer, command=[*AS_NOBODY, QQFILTER])
@@ -382,7 +383,7 @@ def test_a_peer_of_another_user_chooses_no_program_path_or_server(qq, tmp_path):
         assert out.queued
         assert out.field("ip") == "198.51.100.7"
         assert out.field("ignored") == (
-            "QHPSI,QQF_CLAMD,QQF_CONFIG,QQF_QMAILHOME,QQF_QMAILQUEUE,QQF_SPOOLDIR"
+            "QHPSI,QQF_CLAMD,QQF_CONFIG,QQF_DKIMSIGN,QQF_QMAILHOME,QQF_QMAILQUEUE,QQF_SPOOLDIR"
         )
         assert not marker.exists()
         seen = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)

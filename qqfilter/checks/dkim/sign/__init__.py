@@ -35,6 +35,7 @@ DKIMSIGN = Setting(
     choice("off", "relayclient"),
     "DKIM-sign outbound mail: off, or relayclient (mail from RELAYCLIENT, SMTP AUTH users and "
     "local programs, with the From domain's key in control/domainkeys)",
+    server_only=True,  # a resident peer of another user would sign with keys it cannot read
 )
 SETTINGS = (DKIMSIGN,)
 PRELOAD = (
