@@ -50,6 +50,7 @@ def test_eicar_over_tcp_is_rejected(qq, clamd_server):
     assert out.field("detail") == f"found by {clamd_server.tcp}"
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_own_signature_in_quoted_printable_text_is_found(qq, clamd_server):
     body = b"hello =\n" + MARKER[:8] + b"=\n" + MARKER[8:] + b"\n"
     message = (
@@ -61,6 +62,7 @@ def test_own_signature_in_quoted_printable_text_is_found(qq, clamd_server):
     assert out.field("reason") == f"virus found: {MARKER_NAME}"
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_sqmail_codes_give_32_and_the_reply_names_the_virus(qq, clamd_server):
     out, reply = qq.submit_for_reply(
         samples()["base64"], ENV, {"QQF_CLAMD": clamd_server.unix, "QQF_CODES": "sqmail"}
@@ -84,6 +86,7 @@ def test_stopped_clamd_is_71_at_once_and_says_why(qq, tmp_path):
     assert "gone.sock: cannot connect: No such file or directory" in out.field("detail")
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_closed_tcp_port_is_71(qq):
     out = qq.submit(CLEAN, ENV, env={"QQF_CLAMD": f"127.0.0.1:{free_port()}"})
     assert_clean_failure(out, 71)
@@ -227,6 +230,7 @@ def test_scanerror_accept_lets_mail_through_marked_and_logged(qq, tmp_path):
     assert "cannot connect" in out.field("detail")
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_scanerror_accept_still_rejects_a_virus(qq, clamd_server):
     out = qq.submit(
         samples()["base64"], ENV, env={"QQF_CLAMD": clamd_server.unix, "QQF_SCANERROR": "accept"}
@@ -234,6 +238,7 @@ def test_scanerror_accept_still_rejects_a_virus(qq, clamd_server):
     assert_clean_failure(out, 31)
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_message_over_clamdmaxsize_is_not_scanned_and_the_log_says_so(qq, tmp_path):
     message = samples()["base64"]
     out = qq.submit(
@@ -244,6 +249,7 @@ def test_message_over_clamdmaxsize_is_not_scanned_and_the_log_says_so(qq, tmp_pa
     assert out.field("notes") == "clamd: skipped: larger than 100 bytes"
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_relayclient_skip_applies_only_when_asked(qq, clamd_server):
     message = samples()["base64"]
     relay = {"QQF_CLAMD": clamd_server.unix, "RELAYCLIENT": ""}
@@ -254,6 +260,7 @@ def test_relayclient_skip_applies_only_when_asked(qq, clamd_server):
     assert_clean_failure(out, 31)
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_local_injection_skip(qq, clamd_server):
     env = {"QQF_CLAMD": clamd_server.unix, "QQF_SCANSKIP": "local", "TCPREMOTEIP": ""}
     out = qq.submit(samples()["base64"], ENV, env=env)
@@ -270,6 +277,7 @@ def test_local_injection_skip(qq, clamd_server):
         ("[::1:3310", "expected [address]:port"),
     ],
 )
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_malformed_clamd_setting_is_55(qq, value, why):
     out = qq.submit(CLEAN, ENV, env={"QQF_CLAMD": value})
     assert_clean_failure(out, 55)

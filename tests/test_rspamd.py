@@ -52,6 +52,7 @@ def test_gtube_is_refused_with_the_spam_tag(qq, rspamd_server):
     )
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_sqmail_codes_give_33(qq, rspamd_server):
     out = qq.submit(SPAM, ENV, env={"QQF_RSPAMD": rspamd_server.url, "QQF_CODES": "sqmail"})
     assert_clean_failure(out, 33)
@@ -71,6 +72,7 @@ def test_clean_mail_is_queued_byte_identical_after_the_added_fields(qq, rspamd_s
     assert out.field("notes").endswith(" required=15.0 action=no_action")
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_settings_id_soft_reject_is_held_for_a_later_try(qq, rspamd_server):
     env = {"QQF_RSPAMD": rspamd_server.url, "QQF_RSPAMDSETTINGS": "soft"}
     out = qq.submit(CLEAN, ENV, env=env)
@@ -81,6 +83,7 @@ def test_settings_id_soft_reject_is_held_for_a_later_try(qq, rspamd_server):
     assert "message='try again later (test)'" in out.field("detail")
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_message_over_spammaxsize_is_not_scanned_and_noted(qq):
     out = qq.submit(SPAM, ENV, env={"QQF_RSPAMD": dead_url(), "QQF_SPAMMAXSIZE": "100"})
     assert out.returncode == 0, out.stderr
@@ -88,6 +91,7 @@ def test_message_over_spammaxsize_is_not_scanned_and_noted(qq):
     assert out.field("notes") == "rspamd: skipped: larger than 100 bytes"
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_relayclient_skip_applies_only_when_asked(qq, rspamd_server):
     relay = {"QQF_RSPAMD": rspamd_server.url, "RELAYCLIENT": ""}
     out = qq.submit(SPAM, ENV, env={**relay, "QQF_SPAMSKIP": "relayclient"})
@@ -163,6 +167,7 @@ def test_the_scan_deadline_bounds_the_whole_scan(qq, spare_rspamd):
     ],
     ids=["garbage", "500", "cut-body", "cut-head", "closed", "not-http", "no-required"],
 )
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_a_server_that_answers_badly_is_unscanned(qq, answer, why):
     fake = FakeHttp(answer)
     try:
@@ -250,6 +255,7 @@ def test_the_request_carries_the_envelope_and_the_connection(qq):
         ("http://127.0.0.1:11333/checkv2", "expected http://host:port"),
     ],
 )
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_malformed_rspamd_setting_is_55(qq, value, why):
     out = qq.submit(CLEAN, ENV, env={"QQF_RSPAMD": value})
     assert_clean_failure(out, 55)
@@ -291,6 +297,7 @@ def test_off_costs_no_client_imports():
     assert shown.stdout.strip() == "[]"
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_the_subject_prefix_and_milter_removals_edit_only_those_bytes(qq):
     """QQF_SPAMSUBJECT prefixes the Subject of flagged mail; the fields rspamd's milter block
     removes (a sender's forged X-Spam-Flag) are gone; every other byte is the sender's."""
@@ -323,6 +330,7 @@ def test_the_subject_prefix_and_milter_removals_edit_only_those_bytes(qq):
     assert out.message == added + expected
 
 
+@pytest.mark.one_shot  # the answer is read and judged the same way in both modes
 def test_a_long_rule_list_is_folded_under_the_line_limit(qq):
     """Dozens of rules: X-Spam-Status is folded between them, no line over 998 bytes."""
     rules = {f"A_RATHER_LONG_RULE_NAME_NUMBER_{n:03d}": {} for n in range(60)}

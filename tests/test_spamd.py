@@ -67,6 +67,7 @@ def test_gtube_over_the_reject_score_is_refused_with_the_tag(qq, spamd_server):
     )
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_sqmail_codes_give_33_and_the_reply_says_the_score(qq, spamd_server):
     env = {"QQF_SPAMD": spamd_server.tcp, "QQF_SPAMREJECT": "10", "QQF_CODES": "sqmail"}
     out = qq.submit(SPAM, ENV, env=env)
@@ -89,6 +90,7 @@ def test_clean_mail_is_queued_byte_identical_after_the_status_fields(qq, spamd_s
     assert out.field("notes") == f"spamd: score={match[2].decode()} required=5.0"
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_without_a_reject_score_gtube_is_queued_flagged(qq, spamd_server):
     out = qq.submit(SPAM, ENV, env={"QQF_SPAMD": spamd_server.tcp})
     added = added_fields(out, SPAM)
@@ -100,6 +102,7 @@ def test_without_a_reject_score_gtube_is_queued_flagged(qq, spamd_server):
     assert out.field("verdict") == "accept"
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_the_tag_score_flags_below_spamds_required_score(qq, spamd_server):
     out = qq.submit(CLEAN, ENV, env={"QQF_SPAMD": spamd_server.unix, "QQF_SPAMTAG": "-50"})
     added = added_fields(out, CLEAN)
@@ -107,6 +110,7 @@ def test_the_tag_score_flags_below_spamds_required_score(qq, spamd_server):
     assert added.endswith(b"X-Spam-Flag: YES\n")
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_spamsubject_prefixes_the_subject_of_flagged_mail_only(qq, spamd_server):
     env = {"QQF_SPAMD": spamd_server.unix, "QQF_SPAMSUBJECT": "[SPAM] "}
     out = qq.submit(SPAM, ENV, env=env)
@@ -116,6 +120,7 @@ def test_spamsubject_prefixes_the_subject_of_flagged_mail_only(qq, spamd_server)
     assert STATUS.fullmatch(added_fields(out, CLEAN))
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_a_message_over_spammaxsize_is_not_scanned_and_noted(qq, spamd_server):
     env = {"QQF_SPAMD": spamd_server.unix, "QQF_SPAMREJECT": "10", "QQF_SPAMMAXSIZE": "100"}
     out = qq.submit(SPAM, ENV, env=env)
@@ -124,6 +129,7 @@ def test_a_message_over_spammaxsize_is_not_scanned_and_noted(qq, spamd_server):
     assert out.field("notes") == "spamd: skipped: larger than 100 bytes"
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_relayclient_skip_applies_only_when_asked(qq, spamd_server):
     relay = {"QQF_SPAMD": spamd_server.unix, "QQF_SPAMREJECT": "10", "RELAYCLIENT": ""}
     out = qq.submit(SPAM, ENV, env={**relay, "QQF_SPAMSKIP": "relayclient"})
@@ -254,6 +260,7 @@ def test_the_request_streams_the_message_with_its_length_and_user(qq, tmp_path):
     ]
 
 
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_spamd_off_costs_nothing_and_adds_nothing(qq):
     out = qq.submit(CLEAN, ENV, env={"QQF_SPAMREJECT": "10"})
     assert out.returncode == 0, out.stderr
@@ -270,6 +277,7 @@ def test_spamd_off_costs_nothing_and_adds_nothing(qq):
         ("[::1:783", "expected [address]:port"),
     ],
 )
+@pytest.mark.one_shot  # the score is read and judged the same way in both modes
 def test_malformed_spamd_setting_is_55(qq, value, why):
     out = qq.submit(CLEAN, ENV, env={"QQF_SPAMD": value})
     assert_clean_failure(out, 55)

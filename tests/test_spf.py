@@ -213,16 +213,19 @@ def test_mechanisms_and_modifiers(spf, sender, ip, result, mechanism):
         assert f'mechanism="{mechanism}"' in received
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_processing_limits_say_which(spf):
     assert "Too many DNS lookups" in spf(b"a@toomany.spf.test").field("notes")
     assert "Void lookup limit of 2 exceeded" in spf(b"a@void.spf.test").field("notes")
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_mapped_ipv4_client_is_shown_as_ipv4(spf):
     out = spf(b"a@pass.spf.test", TCPREMOTEIP="::ffff:192.0.2.1")
     assert "client-ip=192.0.2.1;" in added_headers(out, smtpd_message())["Received-SPF"]
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_ipv6_client_ip_is_quoted(spf):
     out = spf(b"a@ip6.spf.test", TCPREMOTEIP="2001:db8:25::9")
     assert 'client-ip="2001:db8:25::9";' in added_headers(out, smtpd_message())["Received-SPF"]
@@ -238,6 +241,7 @@ def test_rejection_carries_the_domains_explanation_to_the_client(qq, spf, nsd_se
     assert reply == b"DSPF fail: bob may not send mail for macros.spf.test from 192.0.2.1 (#5.7.23)"
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_control_spfexplain_is_the_default_explanation(spf):
     (spf.control / "spfexplain").write_text("See https://%{r}/spf?ip=%{i} for %{o}\n")
     out = spf(b"alice@fail.spf.test", 3)
@@ -247,12 +251,14 @@ def test_control_spfexplain_is_the_default_explanation(spf):
     )
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_without_any_explanation_the_reason_is_ours(spf):
     out = spf(b"alice@softfail.spf.test", 4)
     assert_clean_failure(out, 31)
     assert out.field("reason") == "SPF softfail: softfail.spf.test discourages mail from 192.0.2.1"
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_control_spflocalrules_apply_before_all(spf):
     assert_clean_failure(spf(b"alice@fail.spf.test", 3, TCPREMOTEIP="198.51.100.5"), 31)
     (spf.control / "spflocalrules").write_text("ip4:198.51.100.0/24\n")
@@ -270,6 +276,7 @@ def test_receiver_is_tcplocalhost_without_control_me(spf):
 
 
 @pytest.mark.parametrize(("ip", "result"), [("192.0.2.25", "pass"), ("192.0.2.26", "fail")])
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_a_bounce_is_checked_on_the_helo_from_the_received_line(spf, ip, result):
     message = smtpd_message(helo=b"mail.spf.test", ip=ip.encode())
     out = spf(b"", message=message, TCPREMOTEIP=ip)
@@ -280,6 +287,7 @@ def test_a_bounce_is_checked_on_the_helo_from_the_received_line(spf, ip, result)
     assert fields["Authentication-Results"] == f"{RECEIVER}; spf={result} smtp.helo=mail.spf.test"
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_received_line_without_helo_part_means_helo_was_the_host_name(spf):
     message = b"Received: from mail.spf.test (192.0.2.25)\n  by mx with SMTP; date\n" + BODY
     out = spf(b"", message=message, TCPREMOTEIP="192.0.2.25")
@@ -294,6 +302,7 @@ def test_helohost_from_a_patched_qmail_smtpd_wins(spf):
     )
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_a_received_line_for_another_address_is_not_believed(spf):
     """The top line must be qmail-smtpd's for this connection; a forged one is ignored."""
     message = smtpd_message(helo=b"mail.spf.test", ip=b"192.0.2.25")
@@ -340,6 +349,7 @@ def test_relayclient_and_local_mail_are_skipped_and_logged(spf):
     assert out.field("notes") == "spf: skipped: local injection"
 
 
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_spfbehavior_is_an_alias_and_spf_wins(spf):
     assert_clean_failure(spf(b"alice@fail.spf.test", None, SPFBEHAVIOR="3"), 31)
     assert spf(b"alice@fail.spf.test", 1, SPFBEHAVIOR="3").returncode == 0
@@ -351,6 +361,7 @@ def test_spfbehavior_is_an_alias_and_spf_wins(spf):
     ("env", "why"),
     [({"SPF": "7"}, "must be a level from 0 to 6"), ({"QQF_DNS": "dns.example"}, "not an IP")],
 )
+@pytest.mark.one_shot  # the same evaluation in both modes (resident: the stamping cases)
 def test_invalid_spf_settings_are_55(spf, env, why):
     out = spf(b"alice@pass.spf.test", **env)
     assert_clean_failure(out, 55)

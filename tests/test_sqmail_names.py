@@ -127,6 +127,7 @@ def _pe_mail() -> bytes:
     return mime(TEXT_PART, part)
 
 
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_badmimetype_empty_is_on_as_with_any_value(qq):
     _warlord_home(qq, "badmimetypes")
     message = _pe_mail()
@@ -138,6 +139,7 @@ def test_badmimetype_empty_is_on_as_with_any_value(qq):
     assert qq.submit(message, ENV, env=NO_CONTENT_CHECKS).returncode == 0  # unset: off
 
 
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_badmimetype_empty_has_no_flags(qq):
     _warlord_home(qq, "badmimetypes")
     spaced = mime(TEXT_PART, b"Content-Transfer-Encoding: base64\n\nSGVsbG8g d29ybGQ=\n")
@@ -147,6 +149,7 @@ def test_badmimetype_empty_has_no_flags(qq):
     assert_clean_failure(qq.submit(_pe_mail(), ENV, env=relay), 31)  # no "+": relays too
 
 
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_badmimetype_empty_turns_on_what_the_file_turned_off(qq):
     _warlord_home(qq, "badmimetypes")
     config = _config(qq.tmp, 'badmimetype = "-"\n')
@@ -155,6 +158,7 @@ def test_badmimetype_empty_turns_on_what_the_file_turned_off(qq):
     assert_clean_failure(qq.submit(_pe_mail(), ENV, env={**env, "BADMIMETYPE": ""}), 31)
 
 
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_badloadertype_empty_names_no_character_so_it_is_off(qq):
     """s/qmail takes BADLOADERTYPE's one character as the one to look for: "" has none, and
     s/qmail leaves the test off (it turns on only for a value of exactly one character)."""
@@ -243,6 +247,7 @@ def test_qhpsi_size_limits_empty_are_no_limit(qq, scanner):
 
 
 @pytest.mark.parametrize("variable", ["SPF", "SPFBEHAVIOR"])
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_spf_empty_is_level_0_even_when_the_file_says_3(qq, variable):
     """Level 0 looks nothing up: the message passes unchanged, with no SPF fields added;
     the file's level 3 asks the (absent) DNS, and tempfails on its temperror."""
@@ -257,6 +262,7 @@ def test_spf_empty_is_level_0_even_when_the_file_says_3(qq, variable):
     assert (out.field("check"), out.field("verdict")) == ("spf", "tempfail")
 
 
+@pytest.mark.one_shot  # settings are read the same way in both modes
 def test_config_shows_an_empty_sqmail_variable_as_its_source(qq):
     environ = {**qq.env, "BADMIMETYPE": "", "QHPSI": "", "SPF": "", "QQF_MAXSIZE": ""}
     proc = subprocess.run([QQFILTER, "config"], env=environ, capture_output=True, text=True)
