@@ -28,6 +28,7 @@ FIELDS = (
     "size",
     "ms",
     "checkms",
+    "quarantine",
     "fallback",
     "ignored",
 )

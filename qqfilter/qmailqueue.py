@@ -21,7 +21,16 @@ from qqfilter.message import Connection, Message
 from qqfilter.outcome import answer
 from qqfilter.pipeline import evaluate
 from qqfilter.policy import ACCEPT, Verdict
-from qqfilter.settings import ERRFD, LOG, QMAILQUEUE, SPOOLDIR, Settings, load
+from qqfilter.settings import (
+    ERRFD,
+    LOG,
+    QMAILQUEUE,
+    QUARANTINE,
+    QUARANTINE_CATEGORIES,
+    SPOOLDIR,
+    Settings,
+    load,
+)
 from qqfilter.spool import Spool
 
 TYPE_CHECKING = False
@@ -189,6 +198,8 @@ def _judge(
         notes="; ".join(verdict.notes),
     )
     if verdict.action != ACCEPT:
+        if settings[QUARANTINE] and verdict.category in settings[QUARANTINE_CATEGORIES]:
+            fields["quarantine"] = _kept(spool, parsed, connection, verdict, settings, fields)
         code, reply = answer(verdict, settings, reply_usable)
         return Action(code, reply=reply, errfd=settings[ERRFD] if reply else 0)
     if spool.received != spool.size:  # only the size check's refusal may follow a cut
@@ -205,6 +216,26 @@ def _judge(
         message_fd=message_fd,
         envelope_fd=handoff.envelope_fd(parsed.raw),
     )
+
+
+def _kept(
+    spool: Spool,
+    parsed: envelope.Envelope,
+    connection: Connection,
+    verdict: Verdict,
+    settings: Settings,
+    fields: dict[str, object],
+) -> str:
+    """Keep a refused (or dropped) message in QQF_QUARANTINE: its ID for the log line, or
+    why it could not be kept. The answer stays the refusal either way."""
+    from qqfilter import quarantine
+
+    try:
+        return quarantine.keep(
+            settings[QUARANTINE], spool, parsed, connection, verdict, int(str(fields["pid"]))
+        )
+    except (OSError, quarantine.Refused) as exc:
+        return quarantine.failure(exc)
 
 
 def _timed(message: Message, settings: Settings, fields: dict[str, object]) -> Verdict:

@@ -307,6 +307,31 @@ SCANERROR = Setting(
     choice("tempfail", "accept"),
     "when no scanner can decide: tempfail (451, retried) or accept with X-Virus-Status",
 )
+
+
+def _directory_or_none(value: object) -> str:
+    text = path(value) if value != "" else ""
+    if text and not text.startswith("/"):
+        raise ValueError("must be an absolute path (or empty)")
+    return text
+
+
+QUARANTINE = Setting(
+    "quarantine",
+    "QQF_QUARANTINE",
+    "",
+    _directory_or_none,
+    "directory where refused messages of QQF_QUARANTINECATS are kept (made 0700 if missing; "
+    "qqfilter.quarantine); empty = keep none",
+    server_only=True,
+)
+QUARANTINE_CATEGORIES = Setting(
+    "quarantinecats",
+    "QQF_QUARANTINECATS",
+    frozenset({"virus", "attachment", "spam"}),
+    subset(*CATEGORIES),
+    "refusal categories kept in QQF_QUARANTINE (kept also when QQF_DROP drops them)",
+)
 CORE: tuple[Setting, ...] = (
     QMAILQUEUE,
     QMAILHOME,
@@ -316,6 +341,8 @@ CORE: tuple[Setting, ...] = (
     LOG,
     DROP_CATEGORIES,
     SCANERROR,
+    QUARANTINE,
+    QUARANTINE_CATEGORIES,
 )
 
 

@@ -1,0 +1,253 @@
+"""The quarantine: refused messages kept for the administrator (QQF_QUARANTINE).
+
+A refusal leaves the message with the sender's server; a false refusal must be recoverable,
+and a refused virus is worth keeping for analysis. When QQF_QUARANTINE names a directory and
+the refusal's category is in QQF_QUARANTINECATS, ``keep`` stores the message as it was
+received, with what explains it, and the log line says ``quarantine=ID`` (or why it could
+not). The SMTP answer is the refusal either way (with the category in QQF_DROP it is 250, as
+for any drop): a full disk or an unwritable directory costs the copy, never the answer.
+
+The store is maildir-like, one directory per message, so that a message and its side file
+appear together in one rename:
+
+    DIR/tmp/ID/            being written (left over only by a crash: ``expire`` clears it)
+    DIR/new/ID/message     the bytes as received, 0600
+    DIR/new/ID/meta.json   envelope, connection, time and verdict, 0600
+
+written with O_EXCL and O_NOFOLLOW, fsync'd, and renamed from tmp/ to new/ (then new/ is
+fsync'd). ``DIR`` and its subdirectories are 0700; ``DIR`` must be a real directory of this
+user (or root's) that others cannot write, as control files must be. An ID is
+``<seconds>.<pid>.<16 hex digits>``: unique without a lock across processes and threads,
+sortable by time, and nothing a sender chose. Readers (``qqfilter quarantine``) take only
+names of that form and open nothing through a symbolic link (``entry``), so a hostile name or
+link planted in the store never leads outside it.
+
+A module of the contract (beside qmailqueue), not a check: it acts on the verdict, whichever
+check made it. The queue path imports it only when a refusal is to be kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import stat
+import time
+
+from qqfilter.exitcodes import describe
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from qqfilter.envelope import Envelope
+    from qqfilter.message import Connection
+    from qqfilter.policy import Verdict
+    from qqfilter.spool import Spool
+
+
+MESSAGE = "message"
+META = "meta.json"
+ID = re.compile(r"[0-9]{1,12}\.[0-9]{1,10}\.[0-9a-f]{16}")
+"""What an ID looks like; a name of any other form in the store is not one of its entries."""
+CHUNK = 1 << 20
+
+
+class Refused(Exception):
+    """The store cannot be used (not a directory of ours, writable by others); the text says
+    why."""
+
+
+def keep(
+    directory: str,
+    spool: Spool,
+    envelope: Envelope,
+    connection: Connection,
+    verdict: Verdict,
+    pid: int,
+) -> str:
+    """Store the message in ``spool`` with what explains it; return its ID. Raises OSError
+    or Refused (nothing is left in the store then)."""
+    _prepare(directory)
+    now = time.time()
+    ident = f"{int(now)}.{os.getpid()}.{os.urandom(8).hex()}"
+    staging = os.path.join(directory, "tmp", ident)
+    os.mkdir(staging, 0o700)
+    try:
+        _write(os.path.join(staging, MESSAGE), _chunks(spool))
+        meta = _meta(ident, now, spool, envelope, connection, verdict, pid)
+        _write(os.path.join(staging, META), [meta])
+        _sync(staging)
+        os.rename(staging, os.path.join(directory, "new", ident))
+    except BaseException:
+        _remove(staging)
+        raise
+    _sync(os.path.join(directory, "new"))
+    return ident
+
+
+def _prepare(directory: str) -> None:
+    """Make DIR, tmp/ and new/ (0700) where missing; refuse a DIR that is not a directory of
+    ours (a symbolic link, another user's, writable by others)."""
+    for path in (directory, os.path.join(directory, "tmp"), os.path.join(directory, "new")):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o700)
+        status = os.lstat(path)
+        if not stat.S_ISDIR(status.st_mode):
+            raise Refused(f"{path} is not a directory")
+        if status.st_uid not in (0, os.geteuid()):
+            raise Refused(f"{path} belongs to uid {status.st_uid}, neither root nor this user")
+        if status.st_mode & 0o022:
+            raise Refused(f"{path} is writable by users other than its owner (chmod go-w)")
+
+
+def _chunks(spool: Spool):
+    for start in range(0, spool.size, CHUNK):
+        yield spool.read(start, CHUNK)
+
+
+def _write(path: str, chunks) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(staging: str) -> None:
+    """Take a half-written entry away (best effort: the disk may be what failed)."""
+    for name in (MESSAGE, META):
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(staging, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)
+
+
+def _meta(
+    ident: str,
+    now: float,
+    spool: Spool,
+    envelope: Envelope,
+    connection: Connection,
+    verdict: Verdict,
+    pid: int,
+) -> bytes:
+    def text(value: bytes) -> str:
+        return value.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode()
+
+    record = {
+        "id": ident,
+        "time": round(now, 3),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+        "sender": text(envelope.sender),
+        "recipients": [text(r) for r in envelope.recipients],
+        "connection": {
+            "ip": connection.remote_ip or "",
+            "host": connection.remote_host or "",
+            "helo": connection.helo or "",
+            "relayclient": connection.relayclient,
+        },
+        "verdict": {
+            "action": verdict.action,
+            "category": verdict.category,
+            "check": verdict.check,
+            "tag": verdict.tag,
+            "reason": verdict.reason,
+            "detail": verdict.detail,
+            "status": verdict.status,
+        },
+        "size": spool.size,
+        "received": spool.received,
+        "pid": pid,
+    }
+    return json.dumps(record, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+
+
+def failure(exc: BaseException) -> str:
+    """The words for the log line when a copy could not be kept."""
+    if isinstance(exc, OSError):
+        return f"failed: {describe(exc)}"
+    return f"failed: {exc}"
+
+
+# --- reading the store (qqfilter quarantine) ----------------------------------------------
+
+
+class Entry:
+    """One kept message: its ``id``, its directory ``path`` and its ``meta`` (the side file,
+    parsed). A hand-written ``__slots__`` record."""
+
+    __slots__ = ("id", "meta", "path")
+
+    def __init__(self, ident: str, path: str, meta: dict) -> None:
+        self.id = ident
+        self.path = path
+        self.meta = meta
+
+
+def entry(directory: str, ident: str) -> Entry | None:
+    """The entry ``ident`` of the store at ``directory``, or None when there is no such
+    entry: a name that is no ID, an entry that is a link or not a directory, a side file that
+    is a link or does not parse."""
+    if not ID.fullmatch(ident):
+        return None
+    path = os.path.join(directory, "new", ident)
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            return None
+        data = read_file(path, META, 1 << 20)
+        meta = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return Entry(ident, path, meta) if isinstance(meta, dict) else None
+
+
+def entries(directory: str) -> list[Entry]:
+    """Every entry of the store, oldest first."""
+    try:
+        names = os.listdir(os.path.join(directory, "new"))
+    except FileNotFoundError:
+        return []
+    found = [entry(directory, name) for name in sorted(names, key=_age)]
+    return [item for item in found if item is not None]
+
+
+def _age(name: str) -> tuple[int, str]:
+    seconds = name.split(".", 1)[0]
+    return (int(seconds) if seconds.isdigit() else 0, name)
+
+
+def open_file(path: str, name: str) -> int:
+    """A descriptor of the file ``name`` in the entry directory ``path``, opened without
+    following a link. Raises OSError."""
+    return os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW)
+
+
+def read_file(path: str, name: str, limit: int) -> bytes:
+    """The first ``limit`` bytes of ``name`` in the entry directory ``path``."""
+    fd = open_file(path, name)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{name} is not a regular file")
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
+
+
+def remove(entry: Entry) -> None:
+    """Delete a kept message (its files, then its directory)."""
+    for name in (MESSAGE, META):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(entry.path, name))
+    os.rmdir(entry.path)
