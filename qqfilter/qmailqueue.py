@@ -24,6 +24,9 @@ from qqfilter.policy import ACCEPT, Verdict
 from qqfilter.settings import (
     ERRFD,
     LOG,
+    NOTIFY,
+    NOTIFY_DIGEST,
+    QMAILHOME,
     QMAILQUEUE,
     QUARANTINE,
     QUARANTINE_CATEGORIES,
@@ -226,16 +229,22 @@ def _kept(
     settings: Settings,
     fields: dict[str, object],
 ) -> str:
-    """Keep a refused (or dropped) message in QQF_QUARANTINE: its ID for the log line, or
-    why it could not be kept. The answer stays the refusal either way."""
+    """Keep a refused (or dropped) message in QQF_QUARANTINE and tell QQF_NOTIFY: its ID for
+    the log line (and why no notice went, if none did), or why it could not be kept. The
+    answer stays the refusal either way."""
     from qqfilter import quarantine
 
+    directory = settings[QUARANTINE]
     try:
-        return quarantine.keep(
-            settings[QUARANTINE], spool, parsed, connection, verdict, int(str(fields["pid"]))
+        ident = quarantine.keep(
+            directory, spool, parsed, connection, verdict, int(str(fields["pid"]))
         )
     except (OSError, quarantine.Refused) as exc:
         return quarantine.failure(exc)
+    if not settings[NOTIFY] or settings[NOTIFY_DIGEST] != "off":
+        return ident
+    problem = quarantine.notify(settings[NOTIFY], ident, settings[QMAILHOME], directory)
+    return f"{ident} ({problem})" if problem else ident
 
 
 def _timed(message: Message, settings: Settings, fields: dict[str, object]) -> Verdict:

@@ -39,6 +39,8 @@ from qqfilter.exitcodes import describe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from qqfilter.envelope import Envelope
     from qqfilter.message import Connection
     from qqfilter.policy import Verdict
@@ -172,6 +174,91 @@ def _meta(
         "pid": pid,
     }
     return json.dumps(record, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+
+
+NOTICE_FIELD = 200
+"""Characters of a value (a sender, a reason) a notice shows."""
+
+
+def notify(address: str, ident: str, qmailhome: str, directory: str) -> str:
+    """Send ``address`` a notice of the kept message ``ident`` through qmail-inject, without
+    waiting for it (the SMTP client is not kept waiting for a notice); "" when it is on its
+    way, else why not. qmail-inject runs with a clean environment: QMAILQUEUE and the
+    client's TCP* variables are not passed on, so the notice is not filtered as if the SMTP
+    client had sent it. Never the message's sender (no backscatter)."""
+    import subprocess
+
+    kept = entry(directory, ident)
+    if kept is None:
+        return "no notice: the kept message is gone"
+    program = os.path.join(qmailhome, "bin", "qmail-inject")
+    try:
+        child = subprocess.Popen(
+            [program, "-a", address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin"},
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return f"no notice: {program}: {describe(exc)}"
+    assert child.stdin is not None
+    try:
+        child.stdin.write(notice(address, kept))
+        child.stdin.close()
+    except OSError as exc:  # qmail-inject went away at once
+        return f"no notice: {program}: {describe(exc)}"
+    return ""
+
+
+def notice(address: str, kept: Entry) -> bytes:
+    """The notice of ``kept`` for ``address``, as a message qmail-inject takes."""
+    from qqfilter.headers import clean, render
+
+    meta = kept.meta
+    verdict = _part(meta, "verdict", dict)
+    connection = _part(meta, "connection", dict)
+    recipients = _part(meta, "recipients", list)
+
+    def shown(value: object) -> str:
+        return clean(str(value))[:NOTICE_FIELD]
+
+    sender = shown(meta.get("sender", "")) or "<>"
+    category = shown(verdict.get("category", ""))
+    head = render(
+        [
+            ("To", address),
+            ("Subject", f"qqfilter kept a message ({category}) from {sender}"),
+            ("Auto-Submitted", "auto-generated"),
+            ("Precedence", "bulk"),
+        ]
+    )
+    lines = [
+        "qqfilter refused a message and kept it in the quarantine.",
+        "",
+        f"  id:       {kept.id}",
+        f"  time:     {shown(meta.get('date', ''))}",
+        f"  from:     {sender}",
+        f"  to:       {shown(', '.join(str(r) for r in recipients[:10]))}"
+        + (f" (+{len(recipients) - 10} more)" if len(recipients) > 10 else ""),
+        f"  client:   {shown(connection.get('ip', ''))} (HELO {shown(connection.get('helo', ''))})",
+        f"  refused:  {category} by {shown(verdict.get('check', ''))} "
+        f"{shown(verdict.get('tag', ''))}".rstrip(),
+        f"  reason:   {shown(verdict.get('reason', ''))}",
+        "",
+        f"  qqfilter quarantine show {kept.id}",
+        f"  qqfilter quarantine release {kept.id}",
+        "",
+    ]
+    return head + b"\n" + "\n".join(lines).encode("ascii", "replace")
+
+
+def _part(meta: dict, key: str, kind: type) -> Any:
+    """``meta[key]`` when it is of ``kind`` (a side file is read as it is found), else an
+    empty one."""
+    value = meta.get(key)
+    return value if isinstance(value, kind) else kind()
 
 
 def failure(exc: BaseException) -> str:

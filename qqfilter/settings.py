@@ -332,6 +332,31 @@ QUARANTINE_CATEGORIES = Setting(
     subset(*CATEGORIES),
     "refusal categories kept in QQF_QUARANTINE (kept also when QQF_DROP drops them)",
 )
+
+
+def _address(value: object) -> str:
+    address = text(value)
+    if address.startswith("-") or any(c <= " " or c == "\x7f" for c in address):
+        raise ValueError("must be one mail address (no spaces, not starting with -)")
+    return address
+
+
+NOTIFY = Setting(
+    "notify",
+    "QQF_NOTIFY",
+    "",
+    _address,
+    "address told of each message kept in QQF_QUARANTINE (through qmail-inject; never the "
+    "sender); empty = no notices",
+)
+NOTIFY_DIGEST = Setting(
+    "notifydigest",
+    "QQF_NOTIFYDIGEST",
+    "off",
+    choice("off", "daily"),
+    "daily: no notice per kept message; `qqfilter quarantine digest --send` (cron) tells "
+    "QQF_NOTIFY what was kept",
+)
 CORE: tuple[Setting, ...] = (
     QMAILQUEUE,
     QMAILHOME,
@@ -343,6 +368,8 @@ CORE: tuple[Setting, ...] = (
     SCANERROR,
     QUARANTINE,
     QUARANTINE_CATEGORIES,
+    NOTIFY,
+    NOTIFY_DIGEST,
 )
 
 

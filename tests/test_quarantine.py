@@ -6,6 +6,8 @@ import json
 import resource
 import stat
 import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -194,3 +196,67 @@ def test_replay_and_qqfilter_test_never_write_to_it(tmp_path):
     )
     assert b"reject" in out.stdout + out.stderr or out.returncode != 0
     assert not where.exists()
+
+
+@pytest.fixture
+def inject(qq):
+    """A stand-in qmail-inject in the harness's qmail home, recording its argv, environment
+    and input; ``seen()`` waits for them."""
+    bin_dir = qq.tmp / "qmail" / "bin"
+    bin_dir.mkdir(parents=True)
+    record = qq.tmp / "injected"
+    program = bin_dir / "qmail-inject"
+    program.write_text(
+        f"#!{sys.executable}\n"
+        "import json, os, sys\n"
+        "data = sys.stdin.buffer.read().decode('latin-1')\n"
+        f"with open({str(record)!r} + '.part', 'w') as out:\n"
+        "    json.dump({'argv': sys.argv[1:], 'env': dict(os.environ), 'input': data}, out)\n"
+        f"os.rename({str(record)!r} + '.part', {str(record)!r})\n"
+    )
+    program.chmod(0o755)
+
+    def seen(wait: float = 10) -> dict | None:
+        give_up = time.monotonic() + wait
+        while time.monotonic() < give_up:
+            if record.exists():
+                return json.loads(record.read_text())
+            time.sleep(0.05)
+        return None
+
+    return seen
+
+
+@pytest.mark.both_modes
+def test_the_administrator_is_told_of_each_kept_message_never_the_sender(qq, store, inject):
+    hostile = envelope(b"spoofed@example.com\nBcc: victim@example.net", b"bob@example.org")
+    out = qq.submit(exe_message(), hostile, env={"QQF_NOTIFY": "postmaster@example.org"})
+    assert_clean_failure(out, 31)
+    ((meta, _),) = store()
+    assert out.field("quarantine") == meta["id"]
+    told = inject()
+    assert told is not None
+    assert told["argv"] == ["-a", "postmaster@example.org"]
+    assert "QMAILQUEUE" not in told["env"] and "TCPREMOTEIP" not in told["env"]
+    head, _, body = told["input"].partition("\n\n")
+    names = [line.split(":")[0] for line in head.split("\n") if not line.startswith("\t")]
+    assert names == ["To", "Subject", "Auto-Submitted", "Precedence"]
+    assert "Bcc" not in names and "victim" not in head.split("Subject:")[0]
+    assert f"qqfilter quarantine release {meta['id']}" in body
+    assert "refused:  attachment by mime" in body
+
+
+def test_no_notice_per_message_with_a_daily_digest(qq, store, inject):
+    env = {"QQF_NOTIFY": "postmaster@example.org", "QQF_NOTIFYDIGEST": "daily"}
+    out = qq.submit(exe_message(), ENV, env=env)
+    assert_clean_failure(out, 31)
+    assert len(store()) == 1 and inject(wait=1) is None
+
+
+def test_a_notice_that_cannot_go_is_noted_and_changes_nothing(qq, store):
+    out = qq.submit(exe_message(), ENV, env={"QQF_NOTIFY": "postmaster@example.org"})
+    assert_clean_failure(out, 31)
+    ((meta, _),) = store()
+    assert out.field("quarantine").startswith(f"{meta['id']} (no notice: ")
+    out = qq.submit(exe_message(), ENV, env={"QQF_NOTIFY": "-fattacker@example.net"})
+    assert_clean_failure(out, 55)
