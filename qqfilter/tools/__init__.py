@@ -1,5 +1,5 @@
 """Subcommands for people: ``qqfilter test``, ``config``, ``replay``, ``stats``, ``serve``,
-``setup`` (and its ``install-wrapper`` and ``samples``), ``dkim``.
+``setup`` (and its ``install-wrapper`` and ``samples``), ``dkim``, ``quarantine``.
 
 Each subcommand is one module (or a subpackage, when it has parts of its own) that owns its
 sub-parser, its handler and its output writers: ``add_parser(sub)`` adds the sub-parser and
@@ -72,7 +72,7 @@ def _reader_gone(fd: int) -> bool:
 def _run(args: list[str]) -> int:
     """Parse ``args`` and run the subcommand they name."""
     from qqfilter.resident import server
-    from qqfilter.tools import config, dkim, replay, setup, stats, test
+    from qqfilter.tools import config, dkim, quarantine, replay, setup, stats, test
 
     parser = argparse.ArgumentParser(
         prog="qqfilter",
@@ -80,7 +80,7 @@ def _run(args: list[str]) -> int:
     )
     parser.add_argument("--version", action="version", version=f"qqfilter {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for tool in (test, config, replay, stats, server, setup, dkim):
+    for tool in (test, config, replay, stats, server, setup, dkim, quarantine):
         tool.add_parser(sub)
     options = parser.parse_args(args)
     return options.run(options)
