@@ -234,16 +234,15 @@ def _kept(
     answer stays the refusal either way."""
     from qqfilter import quarantine
 
-    directory = settings[QUARANTINE]
     try:
-        ident = quarantine.keep(
-            directory, spool, parsed, connection, verdict, int(str(fields["pid"]))
+        ident, record = quarantine.keep(
+            settings[QUARANTINE], spool, parsed, connection, verdict, int(str(fields["pid"]))
         )
     except (OSError, quarantine.Refused) as exc:
         return quarantine.failure(exc)
     if not settings[NOTIFY] or settings[NOTIFY_DIGEST] != "off":
         return ident
-    problem = quarantine.notify(settings[NOTIFY], ident, settings[QMAILHOME], directory)
+    problem = quarantine.notify(settings[NOTIFY], record, settings[QMAILHOME])
     return f"{ident} ({problem})" if problem else ident
 
 

@@ -19,8 +19,9 @@ fsync'd). ``DIR`` and its subdirectories are 0700; ``DIR`` must be a real direct
 user (or root's) that others cannot write, as control files must be. An ID is
 ``<seconds>.<pid>.<16 hex digits>``: unique without a lock across processes and threads,
 sortable by time, and nothing a sender chose. Readers (``qqfilter quarantine``) take only
-names of that form and open nothing through a symbolic link (``entry``), so a hostile name or
-link planted in the store never leads outside it.
+names of that form and open nothing through a symbolic link or a FIFO (tools/quarantine's
+``Store``, the one reader), so a hostile name or link planted in the store never leads
+outside it.
 
 A module of the contract (beside qmailqueue), not a check: it acts on the verdict, whichever
 check made it. The queue path imports it only when a refusal is to be kept.
@@ -66,9 +67,9 @@ def keep(
     connection: Connection,
     verdict: Verdict,
     pid: int,
-) -> str:
-    """Store the message in ``spool`` with what explains it; return its ID. Raises OSError
-    or Refused (nothing is left in the store then)."""
+) -> tuple[str, dict[str, Any]]:
+    """Store the message in ``spool`` with what explains it; return its ID and the side
+    file's record. Raises OSError or Refused (nothing is left in the store then)."""
     _prepare(directory)
     now = time.time()
     ident = f"{int(now)}.{os.getpid()}.{os.urandom(8).hex()}"
@@ -76,7 +77,8 @@ def keep(
     os.mkdir(staging, 0o700)
     try:
         _write(os.path.join(staging, MESSAGE), _chunks(spool))
-        meta = _meta(ident, now, spool, envelope, connection, verdict, pid)
+        record = _record(ident, now, spool, envelope, connection, verdict, pid)
+        meta = json.dumps(record, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
         _write(os.path.join(staging, META), [meta])
         _sync(staging)
         os.rename(staging, os.path.join(directory, "new", ident))
@@ -84,7 +86,7 @@ def keep(
         _remove(staging)
         raise
     _sync(os.path.join(directory, "new"))
-    return ident
+    return ident, record
 
 
 def _prepare(directory: str) -> None:
@@ -136,7 +138,7 @@ def _remove(staging: str) -> None:
         os.rmdir(staging)
 
 
-def _meta(
+def _record(
     ident: str,
     now: float,
     spool: Spool,
@@ -144,7 +146,7 @@ def _meta(
     connection: Connection,
     verdict: Verdict,
     pid: int,
-) -> bytes:
+) -> dict[str, Any]:
     def text(value: bytes) -> str:
         return value.decode("utf-8", "surrogateescape").encode("utf-8", "backslashreplace").decode()
 
@@ -173,14 +175,14 @@ def _meta(
         "received": spool.received,
         "pid": pid,
     }
-    return json.dumps(record, ensure_ascii=True, indent=1).encode("ascii") + b"\n"
+    return record
 
 
 NOTICE_FIELD = 200
 """Characters of a value (a sender, a reason) a notice shows."""
 
 
-def notify(address: str, ident: str, qmailhome: str, directory: str) -> str:
+def notify(address: str, record: dict[str, Any], qmailhome: str) -> str:
     """Send ``address`` a notice of the kept message ``ident`` through qmail-inject, without
     waiting for it (the SMTP client is not kept waiting for a notice); "" when it is on its
     way, else why not. qmail-inject runs with a clean environment: QMAILQUEUE and the
@@ -188,9 +190,6 @@ def notify(address: str, ident: str, qmailhome: str, directory: str) -> str:
     client had sent it. Never the message's sender (no backscatter)."""
     import subprocess
 
-    kept = entry(directory, ident)
-    if kept is None:
-        return "no notice: the kept message is gone"
     program = os.path.join(qmailhome, "bin", "qmail-inject")
     try:
         child = subprocess.Popen(
@@ -205,27 +204,27 @@ def notify(address: str, ident: str, qmailhome: str, directory: str) -> str:
         return f"no notice: {program}: {describe(exc)}"
     assert child.stdin is not None
     try:
-        child.stdin.write(notice(address, kept))
+        child.stdin.write(notice(address, record))
         child.stdin.close()
     except OSError as exc:  # qmail-inject went away at once
         return f"no notice: {program}: {describe(exc)}"
     return ""
 
 
-def notice(address: str, kept: Entry) -> bytes:
-    """The notice of ``kept`` for ``address``, as a message qmail-inject takes."""
+def notice(address: str, record: dict[str, Any]) -> bytes:
+    """The notice of the kept message ``record`` (its side file's) for ``address``, as a
+    message qmail-inject takes."""
     from qqfilter.headers import clean, render
 
-    meta = kept.meta
-    verdict = _part(meta, "verdict", dict)
-    connection = _part(meta, "connection", dict)
-    recipients = _part(meta, "recipients", list)
+    ident = record["id"]
+    verdict, connection = record["verdict"], record["connection"]
+    recipients = record["recipients"]
 
     def shown(value: object) -> str:
         return clean(str(value))[:NOTICE_FIELD]
 
-    sender = shown(meta.get("sender", "")) or "<>"
-    category = shown(verdict.get("category", ""))
+    sender = shown(record["sender"]) or "<>"
+    category = shown(verdict["category"])
     head = render(
         [
             ("To", address),
@@ -237,28 +236,20 @@ def notice(address: str, kept: Entry) -> bytes:
     lines = [
         "qqfilter refused a message and kept it in the quarantine.",
         "",
-        f"  id:       {kept.id}",
-        f"  time:     {shown(meta.get('date', ''))}",
+        f"  id:       {ident}",
+        f"  time:     {record['date']}",
         f"  from:     {sender}",
         f"  to:       {shown(', '.join(str(r) for r in recipients[:10]))}"
         + (f" (+{len(recipients) - 10} more)" if len(recipients) > 10 else ""),
-        f"  client:   {shown(connection.get('ip', ''))} (HELO {shown(connection.get('helo', ''))})",
-        f"  refused:  {category} by {shown(verdict.get('check', ''))} "
-        f"{shown(verdict.get('tag', ''))}".rstrip(),
-        f"  reason:   {shown(verdict.get('reason', ''))}",
+        f"  client:   {shown(connection['ip'])} (HELO {shown(connection['helo'])})",
+        f"  refused:  {category} by {verdict['check']} {verdict['tag']}".rstrip(),
+        f"  reason:   {shown(verdict['reason'])}",
         "",
-        f"  qqfilter quarantine show {kept.id}",
-        f"  qqfilter quarantine release {kept.id}",
+        f"  qqfilter quarantine show {ident}",
+        f"  qqfilter quarantine release {ident}",
         "",
     ]
     return head + b"\n" + "\n".join(lines).encode("ascii", "replace")
-
-
-def _part(meta: dict, key: str, kind: type) -> Any:
-    """``meta[key]`` when it is of ``kind`` (a side file is read as it is found), else an
-    empty one."""
-    value = meta.get(key)
-    return value if isinstance(value, kind) else kind()
 
 
 def failure(exc: BaseException) -> str:
@@ -266,75 +257,3 @@ def failure(exc: BaseException) -> str:
     if isinstance(exc, OSError):
         return f"failed: {describe(exc)}"
     return f"failed: {exc}"
-
-
-# --- reading the store (qqfilter quarantine) ----------------------------------------------
-
-
-class Entry:
-    """One kept message: its ``id``, its directory ``path`` and its ``meta`` (the side file,
-    parsed). A hand-written ``__slots__`` record."""
-
-    __slots__ = ("id", "meta", "path")
-
-    def __init__(self, ident: str, path: str, meta: dict) -> None:
-        self.id = ident
-        self.path = path
-        self.meta = meta
-
-
-def entry(directory: str, ident: str) -> Entry | None:
-    """The entry ``ident`` of the store at ``directory``, or None when there is no such
-    entry: a name that is no ID, an entry that is a link or not a directory, a side file that
-    is a link or does not parse."""
-    if not ID.fullmatch(ident):
-        return None
-    path = os.path.join(directory, "new", ident)
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            return None
-        data = read_file(path, META, 1 << 20)
-        meta = json.loads(data)
-    except (OSError, ValueError):
-        return None
-    return Entry(ident, path, meta) if isinstance(meta, dict) else None
-
-
-def entries(directory: str) -> list[Entry]:
-    """Every entry of the store, oldest first."""
-    try:
-        names = os.listdir(os.path.join(directory, "new"))
-    except FileNotFoundError:
-        return []
-    found = [entry(directory, name) for name in sorted(names, key=_age)]
-    return [item for item in found if item is not None]
-
-
-def _age(name: str) -> tuple[int, str]:
-    seconds = name.split(".", 1)[0]
-    return (int(seconds) if seconds.isdigit() else 0, name)
-
-
-def open_file(path: str, name: str) -> int:
-    """A descriptor of the file ``name`` in the entry directory ``path``, opened without
-    following a link. Raises OSError."""
-    return os.open(os.path.join(path, name), os.O_RDONLY | os.O_NOFOLLOW)
-
-
-def read_file(path: str, name: str, limit: int) -> bytes:
-    """The first ``limit`` bytes of ``name`` in the entry directory ``path``."""
-    fd = open_file(path, name)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(f"{name} is not a regular file")
-        return os.read(fd, limit)
-    finally:
-        os.close(fd)
-
-
-def remove(entry: Entry) -> None:
-    """Delete a kept message (its files, then its directory)."""
-    for name in (MESSAGE, META):
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(entry.path, name))
-    os.rmdir(entry.path)
