@@ -121,12 +121,14 @@ def test_infected_exit_is_31_with_the_name_the_scanner_printed(qq, scanner):
     assert out.field("detail") == "exit code 1"
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_infected_without_a_name_is_still_refused(qq, scanner):
     out = run_with(qq, scanner, SCANNER_EXIT="1", QQF_CODES="sqmail")
     assert_clean_failure(out, 32)
     assert out.field("reason") == "virus found"
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_qhpsirc_and_qhpsirn_choose_the_codes(qq, scanner):
     codes = {"QHPSIRC": "3", "QHPSIRN": "4"}
     assert_clean_failure(run_with(qq, scanner, SCANNER_EXIT="3", **codes), 31)
@@ -137,6 +139,7 @@ def test_qhpsirc_and_qhpsirn_choose_the_codes(qq, scanner):
 
 
 @pytest.mark.parametrize("code", ["2", "100"])
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_any_other_exit_is_71(qq, scanner, code):
     out = run_with(qq, scanner, SCANNER_EXIT=code)
     assert_clean_failure(out, 71)
@@ -170,18 +173,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_missing_scanner_program_is_71(qq, tmp_path):
     out = qq.submit(CLEAN, ENV, env={"QHPSI": str(tmp_path / "no-such-scanner")})
     assert_clean_failure(out, 71)
     assert out.field("detail") == "no-such-scanner: cannot run: No such file or directory"
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_scanerror_accept_marks_the_message(qq, scanner):
     out = run_with(qq, scanner, SCANNER_EXIT="2", QQF_SCANERROR="accept")
     assert out.returncode == 0, out.stderr
     assert out.message == b"X-Virus-Status: Unscanned (qhpsi could not decide)\n" + CLEAN
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_size_limits_skip_the_scanner_and_the_log_says_so(qq, scanner):
     _, record = scanner
     out = run_with(qq, scanner, SCANNER_EXIT="1", QHPSIMAXSIZE="100")
@@ -193,6 +199,7 @@ def test_size_limits_skip_the_scanner_and_the_log_says_so(qq, scanner):
     assert not (record / "argv").exists()
 
 
+@pytest.mark.one_shot  # the scanner's exit is read the same way in both modes
 def test_equal_qhpsirc_and_qhpsirn_is_a_configuration_error(qq, scanner):
     out = run_with(qq, scanner, QHPSIRC="0")
     assert_clean_failure(out, 55)
