@@ -24,6 +24,17 @@ PIPE_CLOSED = 128 + 13
 status a shell shows for a coreutils program ended by SIGPIPE (128 + 13)."""
 INTERRUPTED = 128 + 2
 """Exit status on Ctrl-C (SIGINT), as a shell shows it for a program ended by it."""
+FAILED = 1
+"""Exit status when what was asked could not be done (a Refusal's, unless it says another)."""
+
+
+class Refusal(Exception):
+    """What a tool cannot do, in one line for a person, and the exit status: FAILED, or
+    USAGE_ERROR when an argument names nothing (no such user, directory, entry or program)."""
+
+    def __init__(self, text: str, code: int = FAILED) -> None:
+        super().__init__(text)
+        self.code = code
 
 
 def dispatch(args: list[str]) -> int:

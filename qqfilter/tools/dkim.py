@@ -32,9 +32,8 @@ from qqfilter.exitcodes import CONFIG_ERROR, QueueError
 from qqfilter.settings import QMAILHOME, Settings, load
 from qqfilter.shared.lookups import Lookups, Undecided
 from qqfilter.shared.resolver import DNS
-from qqfilter.tools import USAGE_ERROR, setup
+from qqfilter.tools import FAILED, USAGE_ERROR, Refusal, setup
 
-FAILED = 1
 MIN_BITS = 1024
 """RSA keys shorter than this are refused (RFC 8301: verifiers must not accept them)."""
 MAX_BITS = 4096
@@ -147,7 +146,7 @@ def _keygen(options: argparse.Namespace) -> int:
         selector = _selector(options.selector or ("ed25519" if options.ed25519 else "default"))
         bits = _bits(options.bits, options.ed25519)
         written, lines, notes = _make_key(options, qmailhome, domain, selector, algorithm, bits)
-    except setup.Refusal as exc:
+    except Refusal as exc:
         _say(str(exc))
         return exc.code
     for note in notes:
@@ -162,15 +161,11 @@ def _bits(bits: int | None, ed25519: bool) -> int:
     if bits is None:
         return DEFAULT_BITS
     if ed25519:
-        raise setup.Refusal(
-            "--bits is for RSA keys: an Ed25519 key has no size to choose", USAGE_ERROR
-        )
+        raise Refusal("--bits is for RSA keys: an Ed25519 key has no size to choose", USAGE_ERROR)
     if bits < MIN_BITS:
-        raise setup.Refusal(
-            f"--bits {bits}: an RSA key needs at least {MIN_BITS} bits", USAGE_ERROR
-        )
+        raise Refusal(f"--bits {bits}: an RSA key needs at least {MIN_BITS} bits", USAGE_ERROR)
     if bits > MAX_BITS:
-        raise setup.Refusal(
+        raise Refusal(
             f"--bits {bits}: verifiers need not take keys over {MAX_BITS} bits (RFC 8301)",
             USAGE_ERROR,
         )
@@ -186,7 +181,7 @@ def _make_key(
     bits: int,
 ) -> tuple[str, list[str], list[str]]:
     """Write the key and list its selector; (what was written, the lines that tell what to
-    publish, notes). Raises setup.Refusal, leaving any key that was there as it was."""
+    publish, notes). Raises Refusal, leaving any key that was there as it was."""
     from pathlib import Path
 
     top = os.path.join(qmailhome, "control", keys.DIRECTORY)
@@ -195,31 +190,29 @@ def _make_key(
     account = setup.checking_account(options.user, Path(top), notes)
     me = os.geteuid()
     if me not in (0, account.pw_uid):
-        raise setup.Refusal(
+        raise Refusal(
             f"only root may give a key to {account.pw_name}: run this as root, or name "
             f"yourself with --user {_name(me)}"
         )
     where = keys.directory(qmailhome, domain)
     path = os.path.join(where, selector)
     if os.path.lexists(path) and not options.force:
-        raise setup.Refusal(f"{path} exists: --force replaces it (then publish its new record)")
+        raise Refusal(f"{path} exists: --force replaces it (then publish its new record)")
     owners = _owners(account.pw_uid)
     listing = os.path.join(where, keys.SELECTORS)
     try:
         listed = _trusted(listing, _shown(domain, keys.SELECTORS), owners, 1 << 20)
     except QueueError as exc:
-        raise setup.Refusal(exc.reason) from None
+        raise Refusal(exc.reason) from None
     data = keys.generate(algorithm, bits)
     try:
         for directory in (top, where):
             _directory(directory)
         _write(path, data, 0o600, (account.pw_uid, account.pw_gid), replace=options.force)
     except FileExistsError:
-        raise setup.Refusal(
-            f"{path} exists: --force replaces it (then publish its new record)"
-        ) from None
+        raise Refusal(f"{path} exists: --force replaces it (then publish its new record)") from None
     except OSError as exc:
-        raise setup.Refusal(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
+        raise Refusal(f"cannot write {exc.filename or path}: {exc.strerror or exc}") from None
     written = f"wrote {path} ({_described(algorithm, bits)}, mode 0600, owner {account.pw_name})"
     names = listed.decode("utf-8", "replace").split() if listed is not None else []
     if selector not in names:
@@ -233,7 +226,7 @@ def _make_key(
         try:
             _write(listing, text.encode("utf-8"), 0o644, _owner_of(listing), replace=True)
         except OSError as exc:
-            raise setup.Refusal(
+            raise Refusal(
                 f"wrote {path}, but cannot list it in {listing}: {exc.strerror or exc}"
             ) from None
         written += f"\nlisted {selector} in {listing}"
@@ -351,7 +344,7 @@ def _check(options: argparse.Namespace) -> int:
         wanted = _selector(options.selector) if options.selector else None
         owners = _owners(_user_uid(options.user))
         where, selectors, notes = _where(qmailhome, domain, wanted, owners)
-    except setup.Refusal as exc:
+    except Refusal as exc:
         _say(str(exc))
         return exc.code
     for note in notes:
@@ -378,7 +371,7 @@ def _where(
     when a selector listed there has a key, else ``%``), the selectors to check in it
     (``wanted``, else those listed there), and notes. ``wanted`` with a key file in the
     domain's own directory is checked there, listed or not (a note says the signer skips
-    it). setup.Refusal when there is no key to check."""
+    it). Refusal when there is no key to check."""
     own = keys.directory(qmailhome, domain)
     fallback = keys.directory(qmailhome, keys.DEFAULT)
     notes = []
@@ -394,7 +387,7 @@ def _where(
         if not _with_keys(own, listed):
             listed = _selectors(fallback, keys.DEFAULT, owners)
             if not _with_keys(fallback, listed):
-                raise setup.Refusal(
+                raise Refusal(
                     f"no DKIM key for {domain} in {own} (nor in {fallback}): "
                     f"qqfilter dkim keygen {domain}"
                 )
@@ -402,7 +395,7 @@ def _where(
             notes.append(f"{domain} has no keys of its own: checking those in {fallback}")
             notes += _not_ours(qmailhome, domain)
     except QueueError as exc:
-        raise setup.Refusal(exc.reason) from None
+        raise Refusal(exc.reason) from None
     return own, [wanted] if wanted else listed, notes
 
 
@@ -508,11 +501,11 @@ def _short(value: str) -> str:
 
 
 def _settings() -> Settings:
-    """This process's settings; setup.Refusal when one of those these commands use is invalid."""
+    """This process's settings; Refusal when one of those these commands use is invalid."""
     settings, errors = load(dict(os.environ))
     bad = [error for error in errors if error.name in SETTINGS_USED]
     if bad:
-        raise setup.Refusal(str(bad[0]), USAGE_ERROR)
+        raise Refusal(str(bad[0]), USAGE_ERROR)
     return settings
 
 
@@ -524,7 +517,7 @@ def _domain(text: str) -> str:
     except UnicodeError:
         name = ""
     if not valid_domain(name):
-        raise setup.Refusal(f"not a domain name: {text!r}", USAGE_ERROR)
+        raise Refusal(f"not a domain name: {text!r}", USAGE_ERROR)
     return name
 
 
@@ -532,7 +525,7 @@ def _selector(name: str) -> str:
     """A selector that is a file name in the domain's directory and a DNS label (or more)."""
     usable = keys.valid_name(name) and all(name.split(".")) and name != keys.SELECTORS
     if not usable:
-        raise setup.Refusal(
+        raise Refusal(
             f"not a selector: {name!r} (letters, digits, '-', '_' and inner dots; "
             f"not {keys.SELECTORS!r})",
             USAGE_ERROR,
@@ -549,9 +542,7 @@ def _user_uid(user: str | None) -> int | None:
     except (KeyError, ValueError):
         if user is None:
             return None
-        raise setup.Refusal(
-            f"no user {user}: name the account the checks run as", USAGE_ERROR
-        ) from None
+        raise Refusal(f"no user {user}: name the account the checks run as", USAGE_ERROR) from None
 
 
 def _name(uid: int) -> str:

@@ -62,7 +62,7 @@ from qqfilter.settings import (
     Settings,
     load,
 )
-from qqfilter.tools import USAGE_ERROR
+from qqfilter.tools import FAILED, USAGE_ERROR, Refusal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -70,7 +70,6 @@ if TYPE_CHECKING:
 
     from qqfilter.message import Connection
 
-FAILED = 1
 META_LIMIT = 1 << 20
 """Bytes of a side file read: the filter writes a few hundred."""
 HEADER_LIMIT = 1 << 16
@@ -103,14 +102,6 @@ CLEAN_ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
 """qmail-inject's environment, as for the filter's notices (qqfilter.quarantine.notify): no
 QMAILQUEUE, so the digest is not filtered (it names viruses and spammers), no TCP*."""
 CONNECTION_VARIABLES = ("TCPREMOTEIP", "TCPREMOTEHOST", "TCPLOCALHOST", "RELAYCLIENT", "HELOHOST")
-
-
-class Failure(Exception):
-    """What cannot be done, in one line, and the exit status."""
-
-    def __init__(self, text: str, code: int = FAILED) -> None:
-        super().__init__(text)
-        self.code = code
 
 
 # --- the command line -------------------------------------------------------------------
@@ -224,7 +215,7 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
     def run(options: argparse.Namespace) -> int:
         try:
             return handler(options)
-        except Failure as exc:
+        except Refusal as exc:
             _say(str(exc))
             return exc.code
         except BrokenPipeError:
@@ -263,19 +254,19 @@ def _since(text: str) -> float:
 
 
 def _settings(*, every: bool = False) -> Settings:
-    """This process's settings; Failure (2) when one that these commands use is invalid
+    """This process's settings; Refusal (2) when one that these commands use is invalid
     (``every``: any, as the checks of a recheck use them all)."""
     settings, errors = load(dict(os.environ))
     bad = [error for error in errors if every or error.name in SETTINGS_USED]
     if bad:
-        raise Failure(str(bad[0]), USAGE_ERROR)
+        raise Refusal(str(bad[0]), USAGE_ERROR)
     return settings
 
 
 def _directory(options: argparse.Namespace, settings: Settings) -> str:
     directory = options.dir or settings[QUARANTINE]
     if not directory:
-        raise Failure("no quarantine: set QQF_QUARANTINE or give --dir", USAGE_ERROR)
+        raise Refusal("no quarantine: set QQF_QUARANTINE or give --dir", USAGE_ERROR)
     return directory
 
 
@@ -311,7 +302,7 @@ class Store:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise Failure(f"{directory}: {_why(exc, directory)}") from None
+            raise Refusal(f"{directory}: {_why(exc, directory)}") from None
         try:
             self.new = _subdirectory(top, directory, "new")
             self.tmp = _subdirectory(top, directory, "tmp")
@@ -337,7 +328,7 @@ class Store:
         """The entry ``ident``, or None when there is none: a name of another form, a link,
         not a directory, a side file that is a link, not a regular file or not JSON (unless
         ``need_meta`` is false). With ``lock``, the entry is held against other commands
-        (Failure when one holds it) and is known to be still in the store."""
+        (Refusal when one holds it) and is known to be still in the store."""
         if self.new < 0 or not ID.fullmatch(ident):
             return None
         try:
@@ -349,7 +340,7 @@ class Store:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise Failure(f"{ident} is in use by another qqfilter quarantine") from None
+                    raise Refusal(f"{ident} is in use by another qqfilter quarantine") from None
                 if not self._still(fd, ident):
                     os.close(fd)
                     return None
@@ -395,7 +386,7 @@ def _subdirectory(top: int, directory: str, name: str) -> int:
         return -1
     except OSError as exc:
         path = os.path.join(directory, name)
-        raise Failure(f"{path}: {_why(exc, path)}") from None
+        raise Refusal(f"{path}: {_why(exc, path)}") from None
 
 
 def _why(exc: OSError, path: str) -> str:
@@ -630,7 +621,7 @@ def _show(options: argparse.Namespace) -> int:
             message = _open_regular(kept.fd, MESSAGE)
         except OSError as exc:
             kept.close()
-            raise Failure(f"{kept.id}: the message: {describe(exc)}") from None
+            raise Refusal(f"{kept.id}: the message: {describe(exc)}") from None
         try:
             if options.raw:
                 _copy_out(message)
@@ -645,7 +636,7 @@ def _show(options: argparse.Namespace) -> int:
 def _entry(store: Store, ident: str, *, lock: bool = False, need_meta: bool = True) -> Kept:
     kept = store.open(ident, lock=lock, need_meta=need_meta)
     if kept is None:
-        raise Failure(f"no entry {ident} in {store.directory}")
+        raise Refusal(f"no entry {ident} in {store.directory}")
     return kept
 
 
@@ -731,14 +722,14 @@ def _released(
     given = [os.fsencode(address) for address in options.to]
     recipients = given or [_address(r, kept.id) for r in _recipients(kept.meta)]
     if not recipients or not all(0 < len(r) <= envelope.MAX_ADDRESS for r in recipients):
-        raise Failure(f"{kept.id}: no recipient to release it to: give --to")
+        raise Refusal(f"{kept.id}: no recipient to release it to: give --to")
     if any(b"\0" in r for r in recipients):
-        raise Failure("a recipient holds a NUL", USAGE_ERROR)
+        raise Refusal("a recipient holds a NUL", USAGE_ERROR)
     raw_envelope = envelope.serialize(sender, recipients)
     try:
         message = _open_regular(kept.fd, MESSAGE)
     except OSError as exc:
-        raise Failure(f"{kept.id}: the message: {describe(exc)}; not released") from None
+        raise Refusal(f"{kept.id}: the message: {describe(exc)}; not released") from None
     try:
         if options.recheck:
             _recheck(kept, message, raw_envelope, settings)
@@ -769,19 +760,19 @@ def _released(
         store.remove(kept)
     except OSError as exc:
         said = f"{kept.id} was released, but stays in the quarantine: {describe(exc)}"
-        raise Failure(said) from None
+        raise Refusal(said) from None
     return 0
 
 
 def _address(value: str, ident: str, *, empty: bool = False) -> bytes:
-    """An envelope address from the side file, as the bytes qmail was given; Failure for one
+    """An envelope address from the side file, as the bytes qmail was given; Refusal for one
     that no envelope can carry (a NUL, too long, not text)."""
     try:
         raw = value.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raw = b"\0"
     if b"\0" in raw or len(raw) > envelope.MAX_ADDRESS or not (raw or empty):
-        raise Failure(f"{ident}: its envelope cannot be used; give --to", FAILED)
+        raise Refusal(f"{ident}: its envelope cannot be used; give --to", FAILED)
     return raw
 
 
@@ -797,7 +788,7 @@ def _user() -> str:
 
 
 def _recheck(kept: Kept, message: int, raw_envelope: bytes, settings: Settings) -> None:
-    """Run the message through the checks as the filter would with its connection; Failure
+    """Run the message through the checks as the filter would with its connection; Refusal
     unless they accept it."""
     from qqfilter.policy import ACCEPT
     from qqfilter.tools import dryrun
@@ -811,7 +802,7 @@ def _recheck(kept: Kept, message: int, raw_envelope: bytes, settings: Settings) 
     else:
         said = verdict.action + (f" by {verdict.check}" if verdict.check else "")
         said += f": {verdict.reason}" if verdict.reason else ""
-    raise Failure(f"{kept.id} not released: the checks say {said} ({outcome.code})")
+    raise Refusal(f"{kept.id} not released: the checks say {said} ({outcome.code})")
 
 
 def _connection(meta: dict) -> Connection:
@@ -833,7 +824,7 @@ def _queue(
     program: str, header: bytes, message: int, raw_envelope: bytes, settings: Settings, ident: str
 ) -> int:
     """Run ``program`` as qmail-smtpd runs qmail-queue: the header and the message on fd 0,
-    the envelope on fd 1. Returns the bytes handed on; Failure when it does not queue."""
+    the envelope on fd 1. Returns the bytes handed on; Refusal when it does not queue."""
     from qqfilter.handoff import envelope_fd
     from qqfilter.spool import anonymous_file, write_all
 
@@ -841,7 +832,7 @@ def _queue(
     try:
         staged = anonymous_file(spooldir)
     except QueueError as exc:
-        raise Failure(f"{exc.reason}; {ident} kept") from None
+        raise Refusal(f"{exc.reason}; {ident} kept") from None
     try:
         write_all(staged, header, spooldir)
         while chunk := os.read(message, CHUNK):
@@ -852,20 +843,20 @@ def _queue(
         try:
             proc = subprocess.run([program], stdin=staged, stdout=envelope_in, check=False)
         except OSError as exc:
-            raise Failure(f"cannot run {program}: {describe(exc)}; {ident} kept") from None
+            raise Refusal(f"cannot run {program}: {describe(exc)}; {ident} kept") from None
         finally:
             os.close(envelope_in)
     except QueueError as exc:
-        raise Failure(f"{exc.reason}; {ident} kept") from None
+        raise Refusal(f"{exc.reason}; {ident} kept") from None
     except OSError as exc:
-        raise Failure(f"{ident}: cannot read the message: {describe(exc)}; kept") from None
+        raise Refusal(f"{ident}: cannot read the message: {describe(exc)}; kept") from None
     finally:
         os.close(staged)
     if proc.returncode < 0:
-        raise Failure(f"{program} was killed by signal {-proc.returncode}; {ident} kept")
+        raise Refusal(f"{program} was killed by signal {-proc.returncode}; {ident} kept")
     if proc.returncode:
         code = proc.returncode
-        raise Failure(f"{program} exited {code}: {reply_for(code)}; {ident} kept")
+        raise Refusal(f"{program} exited {code}: {reply_for(code)}; {ident} kept")
     return size
 
 
@@ -879,7 +870,7 @@ def _delete(options: argparse.Namespace) -> int:
         for ident in options.ids:
             try:
                 kept = _entry(store, ident, lock=True, need_meta=False)
-            except Failure as exc:
+            except Refusal as exc:
                 _say(str(exc))
                 status = FAILED
                 continue
@@ -928,7 +919,7 @@ def _expire(options: argparse.Namespace) -> int:
         for name in store.names():
             try:
                 kept = store.open(name, lock=not options.dry_run, need_meta=False)
-            except Failure as exc:
+            except Refusal as exc:
                 _say(str(exc))
                 failed += 1
                 continue
@@ -1000,11 +991,11 @@ def _digest(options: argparse.Namespace) -> int:
     directory = _directory(options, settings)
     if "" in options.send:
         if not settings[NOTIFY]:
-            raise Failure("--send without an address: set QQF_NOTIFY or give one", USAGE_ERROR)
+            raise Refusal("--send without an address: set QQF_NOTIFY or give one", USAGE_ERROR)
         options.send = [address or settings[NOTIFY] for address in options.send]
     for address in options.send:
         if not address or address.startswith("-") or not all("!" <= c <= "~" for c in address):
-            raise Failure(f"not an address to send to: {_plain(address)}", USAGE_ERROR)
+            raise Refusal(f"not an address to send to: {_plain(address)}", USAGE_ERROR)
     with Store(directory) as store:
         found = [
             (ident, meta) for ident, meta in store.each() if _when(ident, meta) >= options.since
@@ -1070,9 +1061,9 @@ def _mail(options: argparse.Namespace, settings: Settings, body: str, subject: s
             [program, "-a", *options.send], input=mail, env=CLEAN_ENVIRONMENT, check=False
         )
     except OSError as exc:
-        raise Failure(f"cannot run {program}: {describe(exc)}") from None
+        raise Refusal(f"cannot run {program}: {describe(exc)}") from None
     if proc.returncode < 0:
-        raise Failure(f"{program} was killed by signal {-proc.returncode}")
+        raise Refusal(f"{program} was killed by signal {-proc.returncode}")
     if proc.returncode:
         _say(f"{program} exited {proc.returncode}: the digest was not sent")
     return proc.returncode

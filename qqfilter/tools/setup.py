@@ -37,7 +37,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from qqfilter.tools import USAGE_ERROR
+from qqfilter.tools import FAILED, USAGE_ERROR, Refusal
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -63,16 +63,6 @@ SHARED_DIRS = frozenset(
 """Directories a run script must never chown: the socket and log directories are its own."""
 GRACE = 60
 """``qqfilter serve``'s default --grace: systemd's stop timeout leaves room past it."""
-FAILED = 1
-
-
-class Refusal(Exception):
-    """What cannot be done, in one line for a person, and the exit status: FAILED, or
-    USAGE_ERROR when an argument names nothing (no such user, directory or program)."""
-
-    def __init__(self, text: str, code: int = FAILED) -> None:
-        super().__init__(text)
-        self.code = code
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
