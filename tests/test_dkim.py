@@ -62,6 +62,8 @@ def test_a_good_rsa_signature_passes_with_its_properties(run, dkim_world):
     signed = dkim_world.sign(body(), "dkim.test", "rsa")
     out = verify(run, signed)
     stamp = re.search(rb"b=([A-Za-z0-9+/]{8})", signed.split(b"bh=")[1]).group(1).decode()
+    if "/" in stamp:  # not a MIME token character: the value is quoted (RFC 8601 pvalue)
+        stamp = f'"{stamp}"'
     assert results(out) == (
         f"{RECEIVER}; dkim=pass header.d=dkim.test header.s=rsa header.a=rsa-sha256 "
         f"header.b={stamp}"

@@ -20,8 +20,6 @@ signature can end a line, start a field or break the syntax. headers.render fold
 
 from __future__ import annotations
 
-import re
-
 from qqfilter import control
 from qqfilter.settings import QMAILHOME, Settings
 
@@ -32,7 +30,9 @@ if TYPE_CHECKING:
 
 NAME = "Authentication-Results"
 MAX_VALUE = 255
-_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
+_TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+"
+"""A MIME token; compiled where it is used: ``re`` costs start-up (it imports enum) that
+a message needing no authentication check must not pay."""
 
 
 def authserv_id(settings: Settings, connection: Connection) -> str:
@@ -72,6 +72,8 @@ def forged(spool: Spool, server: str) -> tuple[tuple[int, int, bytes], ...]:
 def _authserv_id(value: str) -> str:
     """The authserv-id a field's ``value`` starts with, lower case: comments dropped (one
     level is all a real one has), quotes taken off."""
+    import re
+
     head = re.sub(r"\([^()]*\)", " ", value.split(";", 1)[0])
     words = head.split()
     return words[0].strip('"').lower() if words else ""
@@ -106,6 +108,8 @@ def quoted(text: str) -> str:
 
 def value(text: str) -> str:
     """RFC 8601 ``value``: a MIME token, else a quoted-string."""
-    if _TOKEN.fullmatch(text) and len(text) <= MAX_VALUE:
+    import re
+
+    if re.fullmatch(_TOKEN, text) and len(text) <= MAX_VALUE:
         return text
     return quoted(text)
