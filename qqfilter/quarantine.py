@@ -23,6 +23,9 @@ names of that form and open nothing through a symbolic link or a FIFO (tools/qua
 ``Store``, the one reader), so a hostile name or link planted in the store never leads
 outside it.
 
+``notify`` tells QQF_NOTIFY of a kept message through qmail-inject, from the record just
+written (the writer never reads the store back), without waiting; never the sender.
+
 A module of the contract (beside qmailqueue), not a check: it acts on the verdict, whichever
 check made it. The queue path imports it only when a refusal is to be kept.
 """
