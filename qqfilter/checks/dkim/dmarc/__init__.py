@@ -95,14 +95,12 @@ def check(message: Message, settings: Settings) -> Finding | None:
     if why:
         return Finding(NAME, Finding.CLEAN, f"skipped: {why}")
     domains = from_domains(head(message))
+    edits = _stale(message, settings)
+    if not domains:  # nothing to align with: SPF is not asked for DMARC's sake
+        none = (authres.resinfo("dmarc", "none", "no From domain"),)
+        return Finding(NAME, Finding.CLEAN, "none (no From domain)", results=none, edits=edits)
     results: list[str] = []
     spf = _spf(message, settings, results)
-    edits = _stale(message, settings)
-    if not domains:
-        results.append(authres.resinfo("dmarc", "none", "no From domain"))
-        return Finding(
-            NAME, Finding.CLEAN, "none (no From domain)", results=tuple(results), edits=edits
-        )
     judgements = _judge_all(domains, spf, verified(message, settings), settings)
     results += [_result(judgement) for judgement in judgements]
     note = "; ".join(_note(judgement) for judgement in judgements)
