@@ -43,6 +43,7 @@ from qqfilter.exitcodes import describe
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from typing import Any
 
     from qqfilter.envelope import Envelope
@@ -181,37 +182,50 @@ def _record(
     return record
 
 
+CLEAN_ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
+"""All the environment qmail-inject is given."""
 NOTICE_FIELD = 200
 """Characters of a value (a sender, a reason) a notice shows."""
 
 
 def notify(address: str, record: dict[str, Any], qmailhome: str) -> str:
-    """Send ``address`` a notice of the kept message ``ident`` through qmail-inject, without
+    """Send ``address`` a notice of the kept message ``record`` through qmail-inject, without
     waiting for it (the SMTP client is not kept waiting for a notice); "" when it is on its
-    way, else why not. qmail-inject runs with a clean environment: QMAILQUEUE and the
-    client's TCP* variables are not passed on, so the notice is not filtered as if the SMTP
-    client had sent it. Never the message's sender (no backscatter)."""
-    import subprocess
-
+    way, else why not. Never the message's sender (no backscatter)."""
     program = os.path.join(qmailhome, "bin", "qmail-inject")
     try:
-        child = subprocess.Popen(
-            [program, "-a", address],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env={"PATH": "/usr/bin:/bin"},
-            start_new_session=True,
-        )
+        inject(program, [address], notice(address, record), quiet=True)
     except OSError as exc:
         return f"no notice: {program}: {describe(exc)}"
+    return ""
+
+
+def inject(
+    program: str, addresses: list[str], mail: bytes, *, quiet: bool = False
+) -> subprocess.Popen[bytes]:
+    """Start qmail-inject ``program`` on ``mail`` for ``addresses`` (only those: ``-a``) and
+    return it running, its input written and closed (the caller waits, or not). It runs with
+    a clean environment: QMAILQUEUE and the SMTP client's TCP* variables are not passed on,
+    so mail from qqfilter is not filtered as if that client had sent it. ``quiet``: its
+    complaints are not written on our stderr (the queue path's one log line). Raises OSError.
+    The one way qqfilter sends mail: notices, and ``qqfilter quarantine digest``."""
+    import subprocess
+
+    child = subprocess.Popen(
+        [program, "-a", *addresses],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL if quiet else None,
+        env=CLEAN_ENVIRONMENT,
+        start_new_session=True,
+    )
     assert child.stdin is not None
     try:
-        child.stdin.write(notice(address, record))
-        child.stdin.close()
-    except OSError as exc:  # qmail-inject went away at once
-        return f"no notice: {program}: {describe(exc)}"
-    return ""
+        child.stdin.write(mail)
+    finally:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
+    return child
 
 
 def notice(address: str, record: dict[str, Any]) -> bytes:

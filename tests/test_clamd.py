@@ -99,6 +99,7 @@ def test_the_reply_for_a_scanner_outage_is_temporary_and_private(qq, tmp_path):
     assert reply == b"Zvirus scan not possible now, try again later (#4.3.0)"
 
 
+@pytest.mark.one_shot  # a deadline is kept the same way in both modes (resident: the scan deadline)
 def test_clamd_that_never_answers_is_71_within_the_deadline(qq, spare_clamd):
     spare_clamd.pause()
     started = time.monotonic()
@@ -127,6 +128,7 @@ def test_the_scan_deadline_bounds_the_whole_scan(qq, spare_clamd):
     assert f"{spare_clamd.tcp}: not tried, scan deadline passed" in out.field("detail")
 
 
+@pytest.mark.one_shot  # a deadline is kept the same way in both modes (resident: the scan deadline)
 def test_clamd_killed_mid_stream_is_71(qq, spare_clamd):
     """clamd is paused, so the stream stalls once the socket buffers fill; then it is killed."""
     spare_clamd.pause()
@@ -162,6 +164,7 @@ def test_failover_to_the_second_clamd_when_the_first_is_down(qq, clamd_server, t
     assert out.field("detail").startswith(f"found by {clamd_server.unix} after unix:{tmp_path}")
 
 
+@pytest.mark.one_shot  # a deadline is kept the same way in both modes (resident: the scan deadline)
 def test_failover_from_a_hung_clamd_and_the_log_notes_it(qq, clamd_server, spare_clamd):
     spare_clamd.pause()
     servers = f"{spare_clamd.unix},{clamd_server.tcp}"

@@ -121,6 +121,7 @@ def test_nothing_listening_with_spamerror_tempfail_is_71(qq):
     assert out.field("detail") == f"{url}: cannot connect: Connection refused"
 
 
+@pytest.mark.one_shot  # a deadline is kept the same way in both modes (resident: the scan deadline)
 def test_paused_rspamd_is_given_up_after_the_stall_timeout(qq, spare_rspamd):
     spare_rspamd.pause()
     env = {"QQF_RSPAMD": spare_rspamd.url, "QQF_RSPAMDTIMEOUT": "2"}

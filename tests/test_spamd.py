@@ -181,6 +181,7 @@ def test_no_spamd_with_spamerror_tempfail_is_71(qq):
 
 
 @pytest.mark.parametrize("policy", ["accept", "tempfail"])
+@pytest.mark.one_shot  # deadlines are kept the same way in both modes (resident: the whole scan)
 def test_a_paused_spamd_ends_within_spamdtimeout(qq, paused_spamd, policy):
     env = {"QQF_SPAMD": paused_spamd.unix, "QQF_SPAMDTIMEOUT": "2", "QQF_SPAMERROR": policy}
     started = time.monotonic()
@@ -308,6 +309,7 @@ def test_the_check_imports_no_client_when_off():
     assert shown.stdout.split() == ["False"], shown.stderr
 
 
+@pytest.mark.one_shot  # deadlines are kept the same way in both modes (resident: the whole scan)
 def test_spamd_killed_mid_stream_is_the_spamerror_policy(qq):
     """spamd is paused, so the stream stalls once the socket buffers fill; then it is killed."""
     import threading

@@ -330,6 +330,7 @@ def test_dns_server_that_never_answers_costs_the_deadline_not_more(spf, qq):
     assert "DNS timeout" in out.field("detail")
 
 
+@pytest.mark.one_shot  # a deadline is kept the same way in both modes (resident: the silent server)
 def test_stopped_dns_server_is_temperror_by_the_deadline(spf):
     """dnspython does not see the ICMP refusal of a closed UDP port: it waits it out."""
     started = time.monotonic()

@@ -48,7 +48,7 @@ import sys
 import time
 from collections import Counter
 
-from qqfilter import envelope, logline
+from qqfilter import envelope, logline, quarantine
 from qqfilter.exitcodes import QueueError, describe, reply_for
 from qqfilter.headers import render
 from qqfilter.quarantine import ID, MESSAGE, META
@@ -98,9 +98,6 @@ SETTINGS_USED = frozenset(
 DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 DURATION = re.compile(r"([0-9]{1,9})([smhdw])")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-CLEAN_ENVIRONMENT = {"PATH": "/usr/bin:/bin"}
-"""qmail-inject's environment, as for the filter's notices (qqfilter.quarantine.notify): no
-QMAILQUEUE, so the digest is not filtered (it names viruses and spammers), no TCP*."""
 CONNECTION_VARIABLES = ("TCPREMOTEIP", "TCPREMOTEHOST", "TCPLOCALHOST", "RELAYCLIENT", "HELOHOST")
 
 
@@ -1057,9 +1054,8 @@ def _mail(options: argparse.Namespace, settings: Settings, body: str, subject: s
     mail += b"\n" + body.encode("ascii", "replace")
     program = options.qmail_inject or os.path.join(qmailhome, "bin", "qmail-inject")
     try:
-        proc = subprocess.run(
-            [program, "-a", *options.send], input=mail, env=CLEAN_ENVIRONMENT, check=False
-        )
+        proc = quarantine.inject(program, options.send, mail)
+        proc.wait()
     except OSError as exc:
         raise Refusal(f"cannot run {program}: {describe(exc)}") from None
     if proc.returncode < 0:
