@@ -238,7 +238,7 @@ def _kept(
         ident, record = quarantine.keep(
             settings[QUARANTINE], spool, parsed, connection, verdict, int(str(fields["pid"]))
         )
-    except (OSError, quarantine.Refused) as exc:
+    except Exception as exc:  # whatever failed, it costs the copy, never the refusal
         return quarantine.failure(exc)
     if not settings[NOTIFY] or settings[NOTIFY_DIGEST] != "off":
         return ident

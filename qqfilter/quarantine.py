@@ -197,6 +197,8 @@ def notify(address: str, record: dict[str, Any], qmailhome: str) -> str:
         inject(program, [address], notice(address, record), quiet=True)
     except OSError as exc:
         return f"no notice: {program}: {describe(exc)}"
+    except Exception as exc:  # a notice never costs the refusal
+        return f"no notice: {type(exc).__name__}: {exc}"
     return ""
 
 
@@ -273,4 +275,6 @@ def failure(exc: BaseException) -> str:
     """The words for the log line when a copy could not be kept."""
     if isinstance(exc, OSError):
         return f"failed: {describe(exc)}"
-    return f"failed: {exc}"
+    if isinstance(exc, Refused):
+        return f"failed: {exc}"
+    return f"failed: internal error: {type(exc).__name__}: {exc}"
