@@ -51,8 +51,10 @@ class Message:
 
     ``facts`` holds what one check worked out for a later one, under the first one's NAME:
     SPF's result, which DMARC aligns with; the DKIM signatures, verified once for the DKIM
-    and DMARC checks both. Like every record on the queue path, a hand-written ``__slots__``
-    class: ``dataclasses`` costs about 10 ms of start-up, paid by every message."""
+    and DMARC checks both; and (``authserv-id``) the name the Authentication-Results field
+    is stamped under, read from control/me once. Like every record on the queue path, a
+    hand-written ``__slots__`` class: ``dataclasses`` costs about 10 ms of start-up, paid by
+    every message."""
 
     __slots__ = ("connection", "envelope", "facts", "spool")
 

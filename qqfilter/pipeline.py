@@ -53,7 +53,7 @@ def evaluate(message: Message, settings: Settings) -> Verdict:
     if any(finding.results for finding in findings):
         from qqfilter.shared import authres
 
-        authserv_id = authres.authserv_id(settings, message.connection)
+        authserv_id = authres.authserv_id(settings, message)
     verdict = judge(findings, settings, authserv_id)
     if observer is not None:
         observer.judged(verdict)

@@ -25,7 +25,7 @@ from qqfilter.settings import QMAILHOME, Settings
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from qqfilter.message import Connection
+    from qqfilter.message import Message
     from qqfilter.spool import Spool
 
 NAME = "Authentication-Results"
@@ -35,17 +35,19 @@ _TOKEN = r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+"
 a message needing no authentication check must not pay."""
 
 
-def authserv_id(settings: Settings, connection: Connection) -> str:
+def authserv_id(settings: Settings, message: Message) -> str:
     """The receiving host's name: control/me, else TCPLOCALHOST, else the host name (also
-    the receiver of SPF's Received-SPF field)."""
-    me = control.first_line(settings[QMAILHOME], "me")
-    if me:
-        return me
-    if connection.local_host:
-        return connection.local_host
-    import socket
+    the receiver of SPF's Received-SPF field); worked out once per message (its facts)."""
+    known = message.facts.get("authserv-id")
+    if isinstance(known, str):
+        return known
+    name = control.first_line(settings[QMAILHOME], "me") or message.connection.local_host
+    if not name:
+        import socket
 
-    return socket.gethostname()
+        name = socket.gethostname()
+    message.facts["authserv-id"] = name
+    return name
 
 
 def field(server: str, results: tuple[str, ...]) -> tuple[str, str]:

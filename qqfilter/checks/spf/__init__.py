@@ -91,7 +91,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
         return Finding(NAME, Finding.CLEAN, "skipped: RELAYCLIENT")
     if not connection.remote_ip:
         return Finding(NAME, Finding.CLEAN, "skipped: local injection")
-    receiver = authres.authserv_id(settings, connection)
+    receiver = authres.authserv_id(settings, message)
     result = evaluated(message, settings, connection.remote_ip, receiver)
     from qqfilter.checks.spf.fields import received_spf, spf_result
 

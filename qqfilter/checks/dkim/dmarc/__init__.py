@@ -114,7 +114,7 @@ def _stale(message: Message, settings: Settings) -> tuple[tuple[int, int, bytes]
     fields under our authserv-id, and X-Qqfilter-DMARC fields (only this check's count)."""
     from qqfilter.headers import fields
 
-    ours = authres.forged(message.spool, authres.authserv_id(settings, message.connection))
+    ours = authres.forged(message.spool, authres.authserv_id(settings, message))
     marks = tuple(
         (start, end, b"")
         for name, start, _value_at, end in fields(message.spool)
@@ -165,9 +165,7 @@ def _spf(message: Message, settings: Settings, results: list[str]) -> Evaluation
 
     stamped = settings[spf.LEVEL] > 0
     remote_ip = message.connection.remote_ip or ""
-    result = spf.evaluated(
-        message, settings, remote_ip, authres.authserv_id(settings, message.connection)
-    )
+    result = spf.evaluated(message, settings, remote_ip, authres.authserv_id(settings, message))
     if not stamped:
         from qqfilter.checks.spf.fields import spf_result
 

@@ -69,7 +69,7 @@ def check(message: Message, settings: Settings) -> Finding | None:
         outcome, comment = arc(data, settings[DNS], settings[DKIMTIMEOUT])
         results.append(authres.resinfo("arc", outcome, comment))
         notes.append(f"arc {outcome}" + (f" ({comment})" if comment else ""))
-    forged = authres.forged(message.spool, authres.authserv_id(settings, message.connection))
+    forged = authres.forged(message.spool, authres.authserv_id(settings, message))
     return Finding(NAME, Finding.CLEAN, "; ".join(notes), results=tuple(results), edits=forged)
 
 
